@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Build a CPython with frame pointers (-fno-omit-frame-pointer -mno-omit-leaf-frame-pointer)
+# from the upstream tarball inside Debian's (sid) source package, and cache it.
+#
+# Why: perf's frame-pointer unwinding only gives full stacks through an interpreter built
+# with frame pointers, and no prebuilt one is available here. This is the only way to test
+# full `--call-graph fp` stacks.
+#
+# Usage: scripts/build-fp-python.sh [3.13|3.14]
+# Prints the path of the built interpreter on stdout (last line). Cached under
+# ${PERFTRAMP_CACHE:-$HOME/.cache/perftramp}/python<ver>-fp; a second run is instant.
+set -euo pipefail
+
+series="${1:-3.13}"
+cache="${PERFTRAMP_CACHE:-$HOME/.cache/perftramp}"
+prefix="$cache/python${series}-fp"
+log() { echo "build-fp-python: $*" >&2; }
+
+if [ -x "$prefix/bin/python${series}" ] && [ -f "$prefix/.complete" ]; then
+    log "cached: $prefix ($(cat "$prefix/.complete"))"
+    echo "$prefix/bin/python${series}"
+    exit 0
+fi
+
+need_root() { if [ "$(id -u)" != 0 ]; then log "need root to install build dependencies: $*"; exit 1; fi; }
+
+# Debian's source list for sid (deb-src only: we take sources, never binaries, from sid).
+src_list=/etc/apt/sources.list.d/perftramp-sid-src.sources
+if ! apt-cache showsrc "python${series}" 2>/dev/null | grep -q "^Package: python${series}"; then
+    need_root "sid deb-src entry"
+    cat > "$src_list" <<'SRC'
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: sid trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    apt-get update -qq >&2
+fi
+
+deps=(build-essential dpkg-dev xz-utils pkg-config zlib1g-dev libssl-dev libffi-dev libbz2-dev
+      liblzma-dev libsqlite3-dev libreadline-dev libzstd-dev uuid-dev libgdbm-dev libncurses-dev)
+missing=()
+for d in "${deps[@]}"; do dpkg -s "$d" >/dev/null 2>&1 || missing+=("$d"); done
+if [ "${#missing[@]}" -gt 0 ]; then
+    need_root "${missing[*]}"
+    log "installing build deps: ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+fi
+
+work="$cache/build-python${series}"
+rm -rf "$work"; mkdir -p "$work"; cd "$work"
+# The mirror may list versions whose files it no longer holds: try each, newest first.
+got=""
+for v in $(apt-cache showsrc "python${series}" | awk '/^Version:/ {print $2}' | sort -rV | uniq); do
+    log "downloading Debian source package python${series}=$v"
+    if apt-get source --download-only -qq "python${series}=$v" >/dev/null 2>&1; then got=$v; break; fi
+    rm -f ./*
+done
+[ -n "$got" ] || { log "no source package of python${series} could be downloaded from Debian"; exit 1; }
+orig=$(ls python"${series}"_*.orig.tar.* | head -n1)
+log "unpacking upstream tarball $orig (without Debian's patches: a plain upstream build)"
+tar xf "$orig"
+srcdir=$(find . -maxdepth 1 -type d -name 'Python-*' | head -n1)
+[ -n "$srcdir" ] || { log "no Python-* directory in $orig"; exit 1; }
+cd "$srcdir"
+
+fp_flags="-fno-omit-frame-pointer -mno-omit-leaf-frame-pointer"
+log "configuring with CFLAGS='$fp_flags' into $prefix"
+./configure -q --prefix="$prefix" --with-ensurepip=install --without-doc-strings \
+    CFLAGS="$fp_flags" CFLAGS_NODIST="$fp_flags" >&2
+log "building (a few minutes)"
+make -s -j"$(nproc)" >"$work/make.log" 2>&1 || { tail -n 40 "$work/make.log" >&2; exit 1; }
+make -s install >"$work/install.log" 2>&1 || { tail -n 40 "$work/install.log" >&2; exit 1; }
+"$prefix/bin/python${series}" -c 'import sysconfig, sys; assert "-fno-omit-frame-pointer" in sysconfig.get_config_var("CFLAGS"), "frame pointers missing"; print(sys.version)' > "$prefix/.complete"
+cd /; rm -rf "$work"
+log "built: $(cat "$prefix/.complete")"
+echo "$prefix/bin/python${series}"

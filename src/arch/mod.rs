@@ -1,0 +1,110 @@
+//! Per-architecture facts: the trampoline stub, how it unwinds, and how its memory is made
+//! executable. Every architecture is plain data plus small functions that compile and unit-test
+//! on any host, so an x86_64 machine checks the aarch64 encodings too; only [`native`] is chosen
+//! by `cfg`.
+//!
+//! The stub is called as `stub(tstate, frame, throwflag, evaluator)`: the first three arguments
+//! pass through untouched to `evaluator`, which is the fourth argument. It pushes a frame record
+//! (saved frame pointer + return address) so that frame-pointer unwinding walks through it, and
+//! each Python code object gets its own copy at its own address, which perf names.
+
+pub mod x86_64;
+
+/// The register state at one instruction offset of the stub, as DWARF call-frame information
+/// describes it: the CFA is `cfa_register + cfa_offset`, and each `(register, offset)` in
+/// `saved` says that register is saved at `CFA + offset`. Registers not listed keep their
+/// value (same-value), except the return address, whose rule the CIE gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnwindRow {
+    /// Offset of the first instruction this row applies to (it holds until the next row).
+    pub offset: u32,
+    /// DWARF register number the CFA is computed from.
+    pub cfa_register: u16,
+    pub cfa_offset: i32,
+    /// Callee-saved registers stored on the stack at this point: (DWARF register, CFA offset).
+    pub saved: &'static [(u16, i32)],
+}
+
+/// Everything that differs between architectures.
+#[derive(Debug)]
+pub struct Arch {
+    /// Name as Python's `platform.machine()` and `stub_code()` spell it.
+    pub name: &'static str,
+    /// ELF `e_machine`, written into the jitdump header.
+    pub elf_machine: u32,
+    /// The stub's instructions (what perf is told the code size is).
+    pub code: &'static [u8],
+    /// Exact bytes copied into every slot: `code` followed by trapping padding up to
+    /// `slot_stride`. Slots of any mode start on a multiple of `slot_stride`.
+    pub slot_template: &'static [u8],
+    /// Distance between consecutive stub copies in an arena; a multiple of 16 that holds the
+    /// whole stub (slots never split it).
+    pub slot_stride: usize,
+    /// DWARF number of the return-address column.
+    pub return_address_register: u16,
+    /// DWARF code and data alignment factors for this architecture's CIE.
+    pub code_alignment_factor: u8,
+    pub data_alignment_factor: i8,
+    /// Register state at each instruction boundary where it changes; the first row is at 0.
+    pub unwind: &'static [UnwindRow],
+}
+
+/// All architectures perftramp knows, whether or not this host is one of them.
+pub const ALL: &[&Arch] = &[&x86_64::ARCH];
+
+/// The architecture named `name`, on any host (for `stub_code` and tests).
+pub fn by_name(name: &str) -> Option<&'static Arch> {
+    ALL.iter().copied().find(|arch| arch.name == name)
+}
+
+/// The architecture this process runs on, or `None` where perftramp has no stub for it.
+pub fn native() -> Option<&'static Arch> {
+    #[cfg(target_arch = "x86_64")]
+    return Some(&x86_64::ARCH);
+    #[allow(unreachable_code)]
+    None
+}
+
+/// Makes freshly written code visible to instruction fetch on the native architecture. Call
+/// after writing an arena and before any of it runs.
+///
+/// # Safety
+/// `start..start+len` must be a mapped range of this process.
+pub unsafe fn flush_instruction_cache(start: *const u8, len: usize) {
+    // x86_64 keeps instruction and data caches coherent: nothing to do.
+    let _ = (start, len);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_arch_is_consistent() {
+        for arch in ALL {
+            assert_eq!(arch.slot_stride % 16, 0, "{}: stride not a multiple of 16", arch.name);
+            assert!(arch.code.len() <= arch.slot_stride, "{}: stub split across slots", arch.name);
+            assert_eq!(arch.slot_template.len(), arch.slot_stride, "{}", arch.name);
+            assert_eq!(&arch.slot_template[..arch.code.len()], arch.code, "{}", arch.name);
+            assert_eq!(arch.unwind.first().map(|r| r.offset), Some(0), "{}", arch.name);
+            assert!(
+                arch.unwind.windows(2).all(|w| w[0].offset < w[1].offset),
+                "{}: unwind rows out of order",
+                arch.name
+            );
+            assert!(
+                arch.unwind.iter().all(|r| (r.offset as usize) < arch.code.len()),
+                "{}: unwind row past the code",
+                arch.name
+            );
+            assert_eq!(by_name(arch.name).map(|a| a.name), Some(arch.name));
+        }
+        assert!(by_name("sparc").is_none());
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn native_is_x86_64_here() {
+        assert_eq!(native().map(|a| a.name), Some("x86_64"));
+    }
+}
