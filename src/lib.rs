@@ -1,9 +1,157 @@
-//! perftramp's Python module (`perftramp._perftramp`): a thin PyO3 surface over the Rust core.
-pub mod arch;
+//! perftramp's Python module, `perftramp._perftramp`: a thin PyO3 surface over the Rust core.
+//!
+//! Modules, by responsibility:
+//! - [`arch`]: per-architecture stub bytes and unwind description;
+//! - [`arena`]: executable memory (W^X arenas, bump-allocated slots, never unmapped);
+//! - [`cpython`]: the one seam to CPython internals that differ between versions;
+//! - [`hook`]: the eval-frame hook (the hot path);
+//! - [`profiler`]: process-wide state, enable/disable, making trampolines (the cold path);
+//! - [`names`]: `py::<qualname>:<filename>` names made safe for perf's formats;
+//! - [`append_file`], [`perf_map`]: crash-safe output files.
 
+pub mod append_file;
+pub mod arch;
+pub mod arena;
+pub mod cpython;
+pub mod hook;
+pub mod jitdump;
+pub mod names;
+pub mod perf_map;
+pub mod profiler;
+pub mod unwind;
+
+use pyo3::create_exception;
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use profiler::{EnableError, Mode};
+
+create_exception!(
+    perftramp,
+    PerftrampError,
+    PyRuntimeError,
+    "Base class of perftramp's own errors."
+);
+create_exception!(
+    perftramp,
+    UnsupportedError,
+    PerftrampError,
+    "This OS, architecture or interpreter cannot be profiled by perftramp (raised by enable(), never by import)."
+);
+create_exception!(
+    perftramp,
+    ConflictError,
+    PerftrampError,
+    "Something else already does perftramp's job in this process (CPython's own perf trampoline, or perftramp in another mode)."
+);
+
+fn enable_error(err: EnableError) -> PyErr {
+    match err {
+        EnableError::Unsupported(why) => UnsupportedError::new_err(why),
+        EnableError::Conflict(why) => ConflictError::new_err(why),
+        EnableError::Io(err) => {
+            PyOSError::new_err((err.raw_os_error().unwrap_or(0), err.to_string()))
+        }
+    }
+}
+
+/// Refuses when CPython's own perf trampoline (`-X perf`, `PYTHONPERFSUPPORT`,
+/// `sys.activate_stack_trampoline`) is active: both would write the same map.
+fn check_cpython_trampoline(py: Python<'_>) -> PyResult<()> {
+    let sys = py.import("sys")?;
+    if let Ok(is_active) = sys.getattr("is_stack_trampoline_active") {
+        if is_active.call0()?.is_truthy()? {
+            return Err(ConflictError::new_err(
+                "CPython's own perf trampoline is active (-X perf, -X perf_jit, PYTHONPERFSUPPORT or \
+                 sys.activate_stack_trampoline()); turn it off (sys.deactivate_stack_trampoline()) \
+                 or run without it before enabling perftramp",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Turn perftramp on. `mode` is already validated by the Python layer, and again here.
+#[pyfunction]
+fn enable(py: Python<'_>, mode: &str) -> PyResult<()> {
+    let mode = Mode::parse(mode).ok_or_else(|| {
+        PyValueError::new_err(format!("unknown mode {mode:?}; valid modes: {}", Mode::VALID))
+    })?;
+    if !profiler::is_enabled() {
+        check_cpython_trampoline(py)?;
+    }
+    // SAFETY: we hold the GIL (py).
+    unsafe { profiler::enable(mode) }.map_err(enable_error)
+}
+
+/// Turn perftramp off; a no-op when it is off.
+#[pyfunction]
+fn disable(_py: Python<'_>) {
+    // SAFETY: we hold the GIL.
+    unsafe { profiler::disable() }
+}
+
+#[pyfunction]
+fn is_enabled() -> bool {
+    profiler::is_enabled()
+}
+
+/// A dict describing the current state (the Python layer wraps it in `perftramp.Status`).
+#[pyfunction]
+fn status(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    // SAFETY: we hold the GIL.
+    let s = unsafe { profiler::status() };
+    let d = PyDict::new(py);
+    d.set_item("enabled", s.enabled)?;
+    d.set_item("mode", s.mode.map(Mode::name))?;
+    d.set_item("pid", s.pid)?;
+    d.set_item("perf_map_path", s.perf_map_path)?;
+    d.set_item("trampolines", s.trampolines)?;
+    d.set_item("executable_bytes", s.executable_bytes)?;
+    d.set_item("executable_bytes_used", s.executable_bytes_used)?;
+    d.set_item("errors", s.errors)?;
+    d.set_item("chained_to_other_hook", s.chained_to_other_hook)?;
+    d.set_item("pass_through", s.pass_through)?;
+    Ok(d)
+}
+
+/// The exact bytes copied into every trampoline slot for `arch` ("x86_64", "aarch64"), on any
+/// host, so tests and auditors can check what runs in the process.
+#[pyfunction]
+fn stub_code<'py>(py: Python<'py>, arch: &str) -> PyResult<Bound<'py, PyBytes>> {
+    let found = arch::by_name(arch).ok_or_else(|| {
+        let known: Vec<_> = arch::ALL.iter().map(|a| a.name).collect();
+        PyValueError::new_err(format!("unknown architecture {arch:?}; known: {}", known.join(", ")))
+    })?;
+    Ok(PyBytes::new(py, found.slot_template))
+}
+
+/// The architecture of this process if perftramp has a stub for it, else None.
+#[pyfunction]
+fn native_arch() -> Option<&'static str> {
+    arch::native().map(|a| a.name)
+}
+
+/// Where this process's perf map is (or would be) written.
+#[pyfunction]
+fn perf_map_path() -> String {
+    profiler::perf_map_path()
+}
 
 #[pymodule]
-fn _perftramp(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+fn _perftramp(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("PerftrampError", py.get_type::<PerftrampError>())?;
+    m.add("UnsupportedError", py.get_type::<UnsupportedError>())?;
+    m.add("ConflictError", py.get_type::<ConflictError>())?;
+    m.add_function(wrap_pyfunction!(enable, m)?)?;
+    m.add_function(wrap_pyfunction!(disable, m)?)?;
+    m.add_function(wrap_pyfunction!(is_enabled, m)?)?;
+    m.add_function(wrap_pyfunction!(status, m)?)?;
+    m.add_function(wrap_pyfunction!(stub_code, m)?)?;
+    m.add_function(wrap_pyfunction!(native_arch, m)?)?;
+    m.add_function(wrap_pyfunction!(perf_map_path, m)?)?;
+    m.add("VALID_MODES", Mode::VALID)?;
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! (saved frame pointer + return address) so that frame-pointer unwinding walks through it, and
 //! each Python code object gets its own copy at its own address, which perf names.
 
+pub mod aarch64;
 pub mod x86_64;
 
 /// The register state at one instruction offset of the stub, as DWARF call-frame information
@@ -50,7 +51,7 @@ pub struct Arch {
 }
 
 /// All architectures perftramp knows, whether or not this host is one of them.
-pub const ALL: &[&Arch] = &[&x86_64::ARCH];
+pub const ALL: &[&Arch] = &[&x86_64::ARCH, &aarch64::ARCH];
 
 /// The architecture named `name`, on any host (for `stub_code` and tests).
 pub fn by_name(name: &str) -> Option<&'static Arch> {
@@ -61,6 +62,8 @@ pub fn by_name(name: &str) -> Option<&'static Arch> {
 pub fn native() -> Option<&'static Arch> {
     #[cfg(target_arch = "x86_64")]
     return Some(&x86_64::ARCH);
+    #[cfg(target_arch = "aarch64")]
+    return Some(&aarch64::ARCH);
     #[allow(unreachable_code)]
     None
 }
@@ -72,6 +75,16 @@ pub fn native() -> Option<&'static Arch> {
 /// `start..start+len` must be a mapped range of this process.
 pub unsafe fn flush_instruction_cache(start: *const u8, len: usize) {
     // x86_64 keeps instruction and data caches coherent: nothing to do.
+    // aarch64 does not: the new code must be cleaned from the data cache and the stale lines
+    // invalidated in the instruction cache (dc cvau / ic ivau per line, then dsb + isb), which is
+    // exactly what libgcc's `__clear_cache` (exported by libgcc_s, which std links) does.
+    #[cfg(target_arch = "aarch64")]
+    {
+        unsafe extern "C" {
+            fn __clear_cache(begin: *mut core::ffi::c_char, end: *mut core::ffi::c_char);
+        }
+        unsafe { __clear_cache(start as *mut _, start.add(len) as *mut _) };
+    }
     let _ = (start, len);
 }
 

@@ -1,0 +1,150 @@
+//! Executable memory for trampolines.
+//!
+//! Arenas are mapped read-write, filled completely with copies of the stub, then switched to
+//! read-execute once: no page is ever writable and executable at the same time. Slots are
+//! handed out by bumping an offset, so making a trampoline writes no code at all.
+//!
+//! Arenas are never unmapped while the process lives: a frame in another thread, or further up
+//! this thread's stack, may still be running through a trampoline after perftramp is disabled
+//! (CPython shipped exactly that bug: cpython issue 112367). The perf map also forbids reusing
+//! an address for another function while the map file exists.
+
+use std::io;
+use std::ptr::NonNull;
+
+use crate::arch::{self, Arch};
+
+/// Size of one arena, as CPython's perf trampoline uses: 4096 map-mode slots on x86_64.
+pub const ARENA_SIZE: usize = 64 * 1024;
+
+/// Rounds `n` up to a multiple of `align` (a power of two).
+pub const fn align_up(n: usize, align: usize) -> usize {
+    (n + align - 1) & !(align - 1)
+}
+
+/// Offsets of the slots an arena of `arena_size` bytes holds for `slot_size`-byte slots.
+/// Pure, so the slot arithmetic is unit-tested without mapping anything.
+pub fn slots_per_arena(arena_size: usize, slot_size: usize) -> usize {
+    arena_size / slot_size
+}
+
+/// Bump allocator over a growing list of read-execute arenas.
+pub struct ExecMemory {
+    arch: &'static Arch,
+    /// Start of the current arena and the offset of its next free byte.
+    current: Option<(NonNull<u8>, usize)>,
+    /// Bytes of executable memory mapped so far (never decreases).
+    mapped_bytes: usize,
+    /// Bytes handed out as slots.
+    used_bytes: usize,
+}
+
+// SAFETY: the raw pointers are addresses of process-wide, never-unmapped mappings; the struct is
+// only mutated behind the profiler's mutex.
+unsafe impl Send for ExecMemory {}
+
+impl ExecMemory {
+    pub fn new(arch: &'static Arch) -> Self {
+        ExecMemory { arch, current: None, mapped_bytes: 0, used_bytes: 0 }
+    }
+
+    pub fn arch(&self) -> &'static Arch {
+        self.arch
+    }
+
+    pub fn mapped_bytes(&self) -> usize {
+        self.mapped_bytes
+    }
+
+    pub fn used_bytes(&self) -> usize {
+        self.used_bytes
+    }
+
+    /// Returns the address of a fresh slot of `slot_size` bytes (a multiple of the arch's
+    /// stride), whose first bytes are the stub. Maps a new arena when the current one is full.
+    pub fn allocate(&mut self, slot_size: usize) -> io::Result<NonNull<u8>> {
+        debug_assert!(slot_size > 0 && slot_size % self.arch.slot_stride == 0);
+        let (base, used) = match self.current {
+            Some((base, used)) if used + slot_size <= ARENA_SIZE => (base, used),
+            _ => (map_arena(self.arch, ARENA_SIZE)?, 0),
+        };
+        if used == 0 {
+            self.mapped_bytes += ARENA_SIZE;
+        }
+        self.current = Some((base, used + slot_size));
+        self.used_bytes += slot_size;
+        // SAFETY: used + slot_size <= ARENA_SIZE, so the slot lies inside the arena.
+        Ok(unsafe { NonNull::new_unchecked(base.as_ptr().add(used)) })
+    }
+}
+
+/// Maps `size` bytes, fills them with the arch's slot template, and makes them read-execute.
+fn map_arena(arch: &Arch, size: usize) -> io::Result<NonNull<u8>> {
+    // SAFETY: an anonymous private mapping with no address hint cannot alias existing memory.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let base = ptr.cast::<u8>();
+    {
+        // SAFETY: the mapping is `size` bytes, readable and writable, and ours alone.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(base, size) };
+        for slot in bytes.chunks_exact_mut(arch.slot_stride) {
+            slot.copy_from_slice(arch.slot_template);
+        }
+    }
+    // SAFETY: [base, base+size) is the mapping made above.
+    if unsafe { libc::mprotect(ptr, size, libc::PROT_READ | libc::PROT_EXEC) } != 0 {
+        let err = io::Error::last_os_error();
+        // SAFETY: nothing points into the arena yet.
+        unsafe { libc::munmap(ptr, size) };
+        return Err(err);
+    }
+    // SAFETY: the range is mapped (read-execute now).
+    unsafe { arch::flush_instruction_cache(base, size) };
+    // SAFETY: mmap never returns null on success without MAP_FIXED.
+    Ok(unsafe { NonNull::new_unchecked(base) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_arithmetic() {
+        assert_eq!(align_up(12, 16), 16);
+        assert_eq!(align_up(16, 16), 16);
+        assert_eq!(align_up(17, 8), 24);
+        assert_eq!(slots_per_arena(ARENA_SIZE, 16), 4096);
+        assert_eq!(slots_per_arena(ARENA_SIZE, 48), 1365);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn slots_hold_the_stub_and_arenas_grow() {
+        let arch = arch::native().unwrap();
+        let mut mem = ExecMemory::new(arch);
+        let first = mem.allocate(16).unwrap();
+        let second = mem.allocate(16).unwrap();
+        assert_eq!(second.as_ptr() as usize - first.as_ptr() as usize, 16);
+        // SAFETY: slots are mapped readable.
+        let code = unsafe { std::slice::from_raw_parts(second.as_ptr(), 16) };
+        assert_eq!(code, arch.slot_template);
+        for _ in 2..4096 {
+            mem.allocate(16).unwrap();
+        }
+        assert_eq!(mem.mapped_bytes(), ARENA_SIZE);
+        mem.allocate(16).unwrap();
+        assert_eq!(mem.mapped_bytes(), 2 * ARENA_SIZE);
+        assert_eq!(mem.used_bytes(), 4097 * 16);
+    }
+}

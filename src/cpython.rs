@@ -1,0 +1,279 @@
+//! The one seam between perftramp and CPython's internals: everything that differs between
+//! CPython 3.9 and 3.14 (frame layout, symbol names, exception save/restore) lives here, selected
+//! by the `Py_3_X` cfgs that build.rs emits. Nothing else in the crate spells a version.
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ptr;
+
+use pyo3::ffi::{self, PyObject, PyThreadState, Py_ssize_t};
+
+/// `PyFrameObject` (3.9, 3.10) or `_PyInterpreterFrame` (3.11+); only [`frame_code`] looks in.
+pub type Frame = c_void;
+
+/// CPython's `_PyFrameEvalFunction`: `(tstate, frame, throwflag) -> result`.
+pub type EvalFrameFn = unsafe extern "C" fn(*mut PyThreadState, *mut Frame, c_int) -> *mut PyObject;
+
+/// A trampoline: `(tstate, frame, throwflag, evaluator) -> evaluator(tstate, frame, throwflag)`.
+pub type TrampolineFn =
+    unsafe extern "C" fn(*mut PyThreadState, *mut Frame, c_int, EvalFrameFn) -> *mut PyObject;
+
+// Declared here rather than taken from pyo3-ffi: pyo3-ffi dropped the private eval-frame
+// functions, and these signatures use our own `Frame`/`EvalFrameFn` types.
+extern "C" {
+    fn _PyEval_EvalFrameDefault(
+        t: *mut PyThreadState,
+        f: *mut Frame,
+        throwflag: c_int,
+    ) -> *mut PyObject;
+    fn _PyInterpreterState_GetEvalFrameFunc(interp: *mut ffi::PyInterpreterState) -> EvalFrameFn;
+    fn _PyInterpreterState_SetEvalFrameFunc(interp: *mut ffi::PyInterpreterState, f: EvalFrameFn);
+
+    // 3.12 moved these to the unstable API; before that only the underscore names exist.
+    #[cfg_attr(Py_3_12, link_name = "PyUnstable_Eval_RequestCodeExtraIndex")]
+    #[cfg_attr(not(Py_3_12), link_name = "_PyEval_RequestCodeExtraIndex")]
+    fn request_code_extra_index(free: Option<unsafe extern "C" fn(*mut c_void)>) -> Py_ssize_t;
+    #[cfg_attr(Py_3_12, link_name = "PyUnstable_Code_GetExtra")]
+    #[cfg_attr(not(Py_3_12), link_name = "_PyCode_GetExtra")]
+    fn code_get_extra(code: *mut PyObject, index: Py_ssize_t, extra: *mut *mut c_void) -> c_int;
+    #[cfg_attr(Py_3_12, link_name = "PyUnstable_Code_SetExtra")]
+    #[cfg_attr(not(Py_3_12), link_name = "_PyCode_SetExtra")]
+    fn code_set_extra(code: *mut PyObject, index: Py_ssize_t, extra: *mut c_void) -> c_int;
+}
+
+/// Why this interpreter cannot be hooked safely, if it cannot.
+pub fn unsupported_reason() -> Option<&'static str> {
+    if cfg!(Py_GIL_DISABLED) {
+        return Some("free-threaded CPython (3.13t/3.14t) is not supported yet");
+    }
+    if cfg!(Py_3_15) {
+        return Some("CPython 3.15 and newer: the frame layout has not been verified yet");
+    }
+    None
+}
+
+/// The code object a frame runs, or a non-code object (or null) for shims and other
+/// executables; callers must check with [`is_code`].
+///
+/// # Safety
+/// `frame` is the frame pointer CPython passed to the eval-frame function.
+#[inline(always)]
+pub unsafe fn frame_code(frame: *mut Frame) -> *mut PyObject {
+    #[cfg(not(Py_3_11))]
+    {
+        // PyFrameObject: PyObject_VAR_HEAD (24 bytes), f_back, then f_code.
+        *(frame as *const u8).add(32).cast::<*mut PyObject>()
+    }
+    #[cfg(all(Py_3_11, not(Py_3_12)))]
+    {
+        // _PyInterpreterFrame: f_func, f_globals, f_builtins, f_locals, then f_code.
+        *(frame as *const *mut PyObject).add(4)
+    }
+    #[cfg(all(Py_3_12, not(Py_3_14)))]
+    {
+        // f_code (3.12) / f_executable (3.13) is the first field.
+        *(frame as *const *mut PyObject)
+    }
+    #[cfg(Py_3_14)]
+    {
+        // f_executable is a _PyStackRef: a pointer with tag bits in its low two bits.
+        (*(frame as *const usize) & !3usize) as *mut PyObject
+    }
+}
+
+/// Whether `obj` is exactly a code object (not a subclass: code cannot be subclassed).
+///
+/// # Safety
+/// `obj` is null or points to a live object.
+#[inline(always)]
+pub unsafe fn is_code(obj: *mut PyObject) -> bool {
+    !obj.is_null() && ffi::Py_TYPE(obj) == &raw mut ffi::PyCode_Type
+}
+
+/// A co_extra index of this interpreter. CPython allows 255 per interpreter: request once.
+///
+/// # Safety
+/// Called with the GIL held.
+pub unsafe fn new_code_extra_index() -> Option<Py_ssize_t> {
+    // No free function: a trampoline outlives its code object (its address is never reused).
+    let index = request_code_extra_index(None);
+    if index < 0 {
+        ffi::PyErr_Clear();
+        None
+    } else {
+        Some(index)
+    }
+}
+
+/// The pointer stored in `code`'s extra slot `index`, if any.
+///
+/// # Safety
+/// `code` is a live code object, `index` came from [`new_code_extra_index`]; GIL held.
+#[inline(always)]
+pub unsafe fn code_extra(code: *mut PyObject, index: Py_ssize_t) -> *mut c_void {
+    let mut extra = ptr::null_mut();
+    // With a valid index and a code object this cannot fail; a failure leaves extra null.
+    code_get_extra(code, index, &mut extra);
+    extra
+}
+
+/// Stores `value` in `code`'s extra slot `index`; false (with no exception left set) on failure.
+///
+/// # Safety
+/// As [`code_extra`].
+pub unsafe fn set_code_extra(code: *mut PyObject, index: Py_ssize_t, value: *mut c_void) -> bool {
+    if code_set_extra(code, index, value) != 0 {
+        ffi::PyErr_Clear();
+        return false;
+    }
+    true
+}
+
+/// The eval-frame function of the current interpreter (CPython's own when none is set).
+///
+/// # Safety
+/// GIL held.
+pub unsafe fn current_eval_frame() -> EvalFrameFn {
+    _PyInterpreterState_GetEvalFrameFunc(ffi::PyInterpreterState_Get())
+}
+
+/// CPython's own evaluator.
+pub fn default_eval_frame() -> EvalFrameFn {
+    _PyEval_EvalFrameDefault
+}
+
+/// Installs `f` as the current interpreter's eval-frame function.
+///
+/// # Safety
+/// GIL held; `f` must stay callable for the life of the process.
+pub unsafe fn set_eval_frame(f: EvalFrameFn) {
+    _PyInterpreterState_SetEvalFrameFunc(ffi::PyInterpreterState_Get(), f)
+}
+
+/// The name, file name and first line of a code object, as UTF-8 bytes.
+pub struct CodeNames<'a> {
+    /// `co_qualname` (3.11+) or `co_name` (3.9/3.10, which have no qualified name on code).
+    pub qualname: &'a [u8],
+    pub filename: &'a [u8],
+    pub firstlineno: i32,
+}
+
+#[cfg(Py_3_11)]
+const QUALNAME_ATTR: &CStr = c"co_qualname";
+#[cfg(not(Py_3_11))]
+const QUALNAME_ATTR: &CStr = c"co_name";
+
+/// Calls `f` with the names of `code`. Any pending exception (a generator being thrown into, for
+/// example) is saved and restored around the lookups, so the running program never sees them.
+///
+/// # Safety
+/// `code` is a live code object; GIL held.
+pub unsafe fn with_code_names<R>(code: *mut PyObject, f: impl FnOnce(&CodeNames<'_>) -> R) -> R {
+    let saved = SavedError::take();
+    let qualname = OwnedUtf8::of_attr(code, QUALNAME_ATTR);
+    let filename = OwnedUtf8::of_attr(code, c"co_filename");
+    let firstlineno = {
+        let obj = ffi::PyObject_GetAttrString(code, c"co_firstlineno".as_ptr());
+        let line = if obj.is_null() { 0 } else { ffi::PyLong_AsLong(obj) };
+        ffi::Py_XDECREF(obj);
+        line.clamp(0, i32::MAX as _) as i32
+    };
+    let result = f(&CodeNames {
+        qualname: qualname.bytes().unwrap_or(b"<unknown>"),
+        filename: filename.bytes().unwrap_or(b"<unknown>"),
+        firstlineno,
+    });
+    drop((qualname, filename));
+    ffi::PyErr_Clear();
+    saved.restore();
+    result
+}
+
+/// UTF-8 bytes of a str attribute, kept alive by the object that owns them.
+struct OwnedUtf8 {
+    owner: *mut PyObject,
+    data: *const c_char,
+    len: Py_ssize_t,
+}
+
+impl OwnedUtf8 {
+    unsafe fn of_attr(obj: *mut PyObject, attr: &CStr) -> Self {
+        let none = OwnedUtf8 { owner: ptr::null_mut(), data: ptr::null(), len: 0 };
+        let value = ffi::PyObject_GetAttrString(obj, attr.as_ptr());
+        if value.is_null() || ffi::PyUnicode_Check(value) == 0 {
+            ffi::Py_XDECREF(value);
+            ffi::PyErr_Clear();
+            return none;
+        }
+        let mut len: Py_ssize_t = 0;
+        let data = ffi::PyUnicode_AsUTF8AndSize(value, &mut len);
+        if !data.is_null() {
+            // The UTF-8 buffer is cached in the str, which `value` keeps alive.
+            return OwnedUtf8 { owner: value, data, len };
+        }
+        // Lone surrogates (undecodable file names) have no UTF-8 form: escape them instead.
+        ffi::PyErr_Clear();
+        let bytes =
+            ffi::PyUnicode_AsEncodedString(value, c"utf-8".as_ptr(), c"backslashreplace".as_ptr());
+        ffi::Py_DECREF(value);
+        if bytes.is_null() {
+            ffi::PyErr_Clear();
+            return none;
+        }
+        let mut data: *mut c_char = ptr::null_mut();
+        if ffi::PyBytes_AsStringAndSize(bytes, &mut data, &mut len) != 0 {
+            ffi::PyErr_Clear();
+            ffi::Py_DECREF(bytes);
+            return none;
+        }
+        OwnedUtf8 { owner: bytes, data, len }
+    }
+
+    fn bytes(&self) -> Option<&[u8]> {
+        if self.data.is_null() {
+            return None;
+        }
+        // SAFETY: data/len describe a buffer owned by `owner`, which we hold a reference to.
+        Some(unsafe { std::slice::from_raw_parts(self.data.cast::<u8>(), self.len as usize) })
+    }
+}
+
+impl Drop for OwnedUtf8 {
+    fn drop(&mut self) {
+        // SAFETY: owner is null or a reference we own; the GIL is held by with_code_names' caller.
+        unsafe { ffi::Py_XDECREF(self.owner) }
+    }
+}
+
+/// The exception pending in this thread, taken out so C-API calls cannot disturb it.
+struct SavedError {
+    #[cfg(Py_3_12)]
+    exc: *mut PyObject,
+    #[cfg(not(Py_3_12))]
+    parts: [*mut PyObject; 3],
+}
+
+impl SavedError {
+    unsafe fn take() -> Self {
+        #[cfg(Py_3_12)]
+        {
+            SavedError { exc: ffi::PyErr_GetRaisedException() }
+        }
+        #[cfg(not(Py_3_12))]
+        {
+            let mut parts = [ptr::null_mut(); 3];
+            ffi::PyErr_Fetch(&mut parts[0], &mut parts[1], &mut parts[2]);
+            SavedError { parts }
+        }
+    }
+
+    unsafe fn restore(self) {
+        #[cfg(Py_3_12)]
+        {
+            ffi::PyErr_SetRaisedException(self.exc)
+        }
+        #[cfg(not(Py_3_12))]
+        {
+            ffi::PyErr_Restore(self.parts[0], self.parts[1], self.parts[2])
+        }
+    }
+}

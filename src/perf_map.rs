@@ -1,0 +1,137 @@
+//! The perf map, `/tmp/perf-<pid>.map`: one `<hex start> <hex size> <name>` line per trampoline,
+//! exactly as CPython writes it, so tools that know CPython's format (and filter on `py::`)
+//! read ours unchanged. perf reads it at report time, from /tmp, by the pid of the process.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::append_file::AppendFile;
+
+pub fn path_for(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/tmp/perf-{pid}.map"))
+}
+
+pub struct PerfMap {
+    file: AppendFile,
+    line: Vec<u8>,
+}
+
+impl PerfMap {
+    /// Opens (creating 0600) the map of process `pid`. Refuses, naming the path, a symlink, a
+    /// file with other hard links, a non-regular file, or one owned by another user.
+    pub fn open(pid: u32) -> io::Result<Self> {
+        let path = path_for(pid);
+        let file = open_owned_file(&path)?;
+        Ok(PerfMap { file: AppendFile::new(file, path, b'\n')?, line: Vec::with_capacity(256) })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    pub fn failure(&self) -> Option<&str> {
+        self.file.failure()
+    }
+
+    /// Appends the entry for code at `addr..addr+size` named `name` (already sanitized: no
+    /// control characters).
+    pub fn write_entry(&mut self, addr: usize, size: usize, name: &[u8]) {
+        format_entry(&mut self.line, addr, size, name);
+        self.file.append(&self.line);
+    }
+
+    pub fn trim(&mut self) {
+        self.file.trim();
+    }
+
+    pub fn abandon(self) {
+        self.file.abandon();
+    }
+}
+
+/// `<addr> <size> <name>\n`, lowercase hex without 0x, as CPython writes it.
+pub fn format_entry(out: &mut Vec<u8>, addr: usize, size: usize, name: &[u8]) {
+    debug_assert!(!name.iter().any(|&b| b == b'\n'));
+    out.clear();
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{addr:x} {size:x} ");
+    out.extend_from_slice(name);
+    out.push(b'\n');
+}
+
+/// Opens `path` for appending without following a symlink (O_NOFOLLOW), closed on exec
+/// (O_CLOEXEC), created 0600; then checks what was opened really is a private regular file of
+/// ours, so a file planted in /tmp is never written through.
+pub fn open_owned_file(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true) // a shared writable mapping needs a read-write descriptor
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|err| with_path(err, path, "cannot open"))?;
+    let meta = file.metadata().map_err(|err| with_path(err, path, "cannot stat"))?;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let refuse = |why: &str| {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("refusing to write {}: {why}; remove it and try again", path.display()),
+        ))
+    };
+    if !meta.file_type().is_file() {
+        return refuse("it is not a regular file");
+    }
+    if meta.uid() != euid {
+        return refuse(&format!(
+            "it belongs to uid {}, not to this process's uid {euid}",
+            meta.uid()
+        ));
+    }
+    if meta.nlink() != 1 {
+        return refuse(&format!("it has {} hard links", meta.nlink()));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|err| with_path(err, path, "cannot make private"))?;
+    }
+    Ok(file)
+}
+
+fn with_path(err: io::Error, path: &Path, what: &str) -> io::Error {
+    io::Error::new(err.kind(), format!("{what} {}: {err}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_format_matches_cpython() {
+        let mut out = Vec::new();
+        format_entry(&mut out, 0x7f3529fcf759, 0xb, b"py::bar:/run/t.py");
+        assert_eq!(out, b"7f3529fcf759 b py::bar:/run/t.py\n");
+    }
+
+    #[test]
+    fn symlinks_are_refused() {
+        let dir = std::env::temp_dir().join(format!("perftramp-map-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let target = dir.join("target");
+        let link = dir.join("link.map");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = open_owned_file(&link).unwrap_err();
+        assert!(err.to_string().contains("link.map"), "{err}");
+        assert!(!target.exists());
+        let hard = dir.join("hard.map");
+        std::fs::write(&target, b"").unwrap();
+        std::fs::hard_link(&target, &hard).unwrap();
+        let err = open_owned_file(&hard).unwrap_err();
+        assert!(err.to_string().contains("hard links"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,334 @@
+//! The profiler's process-wide state: the mode, the executable memory, the output files and the
+//! counters. Everything here runs on the cold path (enable, disable, a code object's first call)
+//! behind one mutex; the hot path only reads atomics in [`crate::hook`].
+
+use std::ffi::c_void;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Mutex, MutexGuard, Once, TryLockError};
+
+use crate::arch::{self, Arch};
+use crate::arena::ExecMemory;
+use crate::cpython::{self, CodeNames};
+use crate::hook::{self, Deactivated};
+use crate::names;
+use crate::perf_map::{self, PerfMap};
+
+/// What perftramp writes for perf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A perf map, `/tmp/perf-<pid>.map` (CPython's `-X perf`).
+    Map,
+}
+
+impl Mode {
+    /// Accepted spellings, for error messages.
+    pub const VALID: &'static str = "'map' (or its alias 'perf')";
+
+    pub fn parse(name: &str) -> Option<Mode> {
+        match name {
+            "map" | "perf" => Some(Mode::Map),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Map => "map",
+        }
+    }
+}
+
+/// Why enabling failed.
+#[derive(Debug)]
+pub enum EnableError {
+    /// This platform or interpreter cannot be hooked.
+    Unsupported(String),
+    /// perftramp is already set up in a way that conflicts with the request.
+    Conflict(String),
+    /// A file could not be opened or created.
+    Io(io::Error),
+}
+
+/// A snapshot for `status()`.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub enabled: bool,
+    pub mode: Option<Mode>,
+    pub pid: u32,
+    pub perf_map_path: Option<String>,
+    pub trampolines: u64,
+    pub executable_bytes: usize,
+    pub executable_bytes_used: usize,
+    pub errors: Vec<String>,
+    pub chained_to_other_hook: bool,
+    pub pass_through: bool,
+}
+
+struct Profiler {
+    mode: Mode,
+    arch: &'static Arch,
+    memory: ExecMemory,
+    slot_size: usize,
+    perf_map: Option<PerfMap>,
+    /// Why making trampolines stopped (no executable memory), if it did.
+    exec_failure: Option<String>,
+    trampolines: u64,
+    pid: u32,
+    /// Reused name buffer: no allocation per trampoline once warm.
+    name: Vec<u8>,
+    pass_through: bool,
+}
+
+static PROFILER: Mutex<Option<Profiler>> = Mutex::new(None);
+/// Set in a fork child (async-signal-safe) and acted on at the next cold-path entry.
+static FORKED: AtomicBool = AtomicBool::new(false);
+static PROCESS_HOOKS: Once = Once::new();
+
+fn lock() -> MutexGuard<'static, Option<Profiler>> {
+    PROFILER.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn current_pid() -> u32 {
+    std::process::id()
+}
+
+/// Turns perftramp on in `mode`. Enabling again in the same mode is a no-op.
+///
+/// # Safety
+/// GIL held.
+pub unsafe fn enable(mode: Mode) -> Result<(), EnableError> {
+    if !cfg!(target_os = "linux") {
+        return Err(EnableError::Unsupported(format!(
+            "perftramp needs Linux (perf maps and jitdumps are read by Linux perf); this is {}",
+            std::env::consts::OS
+        )));
+    }
+    let Some(arch) = arch::native() else {
+        return Err(EnableError::Unsupported(format!(
+            "no trampoline for the {} architecture (supported: x86_64, aarch64)",
+            std::env::consts::ARCH
+        )));
+    };
+    if let Some(reason) = cpython::unsupported_reason() {
+        return Err(EnableError::Unsupported(reason.to_owned()));
+    }
+    let mut guard = lock();
+    after_fork_if_needed(&mut guard);
+    if let Some(profiler) = guard.as_ref() {
+        if profiler.mode != mode {
+            return Err(EnableError::Conflict(format!(
+                "perftramp already ran in {:?} mode in this process; switching to {:?} is not supported: \
+                 use one mode per process",
+                profiler.mode.name(),
+                mode.name()
+            )));
+        }
+        if hook::is_active() {
+            return Ok(());
+        }
+    }
+    if !hook::ensure_extra_index() {
+        return Err(EnableError::Unsupported(
+            "CPython has no code-extra index left (255 are in use by other tools)".to_owned(),
+        ));
+    }
+    if guard.is_none() {
+        *guard = Some(Profiler::new(mode, arch)?);
+    }
+    PROCESS_HOOKS.call_once(|| install_process_hooks());
+    hook::activate();
+    if let Some(profiler) = guard.as_mut() {
+        profiler.pass_through = false;
+    }
+    Ok(())
+}
+
+/// Turns perftramp off (a no-op when off). Trampolines and their memory stay: frames may still
+/// be running through them, and they are reused if perftramp is enabled again.
+///
+/// # Safety
+/// GIL held.
+pub unsafe fn disable() {
+    let mut guard = lock();
+    after_fork_if_needed(&mut guard);
+    if !hook::is_active() {
+        return;
+    }
+    let outcome = hook::deactivate();
+    if let Some(profiler) = guard.as_mut() {
+        profiler.pass_through = outcome == Deactivated::PassThrough;
+        // Leave exactly the entries in the file while off.
+        profiler.trim_files();
+    }
+}
+
+pub fn is_enabled() -> bool {
+    hook::is_active()
+}
+
+/// # Safety
+/// GIL held.
+pub unsafe fn status() -> Status {
+    let mut guard = lock();
+    after_fork_if_needed(&mut guard);
+    let chained = hook::chains_to_other_hook();
+    match guard.as_ref() {
+        None => Status {
+            enabled: false,
+            mode: None,
+            pid: current_pid(),
+            perf_map_path: None,
+            trampolines: 0,
+            executable_bytes: 0,
+            executable_bytes_used: 0,
+            errors: Vec::new(),
+            chained_to_other_hook: chained,
+            pass_through: false,
+        },
+        Some(p) => Status {
+            enabled: hook::is_active(),
+            mode: Some(p.mode),
+            pid: p.pid,
+            perf_map_path: p.perf_map.as_ref().map(|m| m.path().display().to_string()),
+            trampolines: p.trampolines,
+            executable_bytes: p.memory.mapped_bytes(),
+            executable_bytes_used: p.memory.used_bytes(),
+            errors: p.errors(),
+            chained_to_other_hook: chained,
+            pass_through: p.pass_through,
+        },
+    }
+}
+
+/// Makes a trampoline for the code object named by `names` and records it in the output files
+/// before it can run. Returns its address, or `None` when none can be made.
+///
+/// Called from the eval hook with the GIL held. Only `try_lock`: the lock is only ever taken with
+/// the GIL held, so a busy lock means re-entry on this thread, and the frame simply runs without a
+/// trampoline rather than deadlocking.
+pub fn make_trampoline(names: &CodeNames<'_>) -> Option<*mut c_void> {
+    let mut guard = match PROFILER.try_lock() {
+        Ok(guard) => guard,
+        Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        Err(TryLockError::WouldBlock) => return None,
+    };
+    after_fork_if_needed(&mut guard);
+    guard.as_mut()?.make_trampoline(names)
+}
+
+impl Profiler {
+    fn new(mode: Mode, arch: &'static Arch) -> Result<Self, EnableError> {
+        let pid = current_pid();
+        let perf_map = match mode {
+            Mode::Map => Some(PerfMap::open(pid).map_err(EnableError::Io)?),
+        };
+        Ok(Profiler {
+            mode,
+            arch,
+            memory: ExecMemory::new(arch),
+            slot_size: arch.slot_stride,
+            perf_map,
+            exec_failure: None,
+            trampolines: 0,
+            pid,
+            name: Vec::with_capacity(names::MAX_NAME),
+            pass_through: false,
+        })
+    }
+
+    fn make_trampoline(&mut self, names: &CodeNames<'_>) -> Option<*mut c_void> {
+        if self.exec_failure.is_some() {
+            return None;
+        }
+        let slot = match self.memory.allocate(self.slot_size) {
+            Ok(slot) => slot,
+            Err(err) => {
+                eprintln!(
+                    "perftramp: cannot map executable memory for trampolines: {err}; \
+                     new functions will run without trampolines (the program is not affected)"
+                );
+                self.exec_failure = Some(format!("executable memory: {err}"));
+                return None;
+            }
+        };
+        names::symbol_name(names.qualname, names.filename, &mut self.name);
+        let addr = slot.as_ptr() as usize;
+        if let Some(map) = self.perf_map.as_mut() {
+            map.write_entry(addr, self.arch.code.len(), &self.name);
+        }
+        self.trampolines += 1;
+        Some(slot.as_ptr().cast())
+    }
+
+    fn trim_files(&mut self) {
+        if let Some(map) = self.perf_map.as_mut() {
+            map.trim();
+        }
+    }
+
+    fn errors(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        errors.extend(self.exec_failure.clone());
+        if let Some(failure) = self.perf_map.as_ref().and_then(|m| m.failure()) {
+            errors.push(format!("perf map: {failure}"));
+        }
+        errors
+    }
+
+    /// In a fork child: the parent's files are the parent's. Write our own, with our pid, holding
+    /// only what this process makes from now on. Inherited trampolines keep working.
+    fn reopen_after_fork(&mut self) {
+        self.pid = current_pid();
+        if let Some(old) = self.perf_map.take() {
+            old.abandon();
+            match PerfMap::open(self.pid) {
+                Ok(map) => self.perf_map = Some(map),
+                Err(err) => {
+                    eprintln!(
+                        "perftramp: in fork child {}: {err}; no perf map is written",
+                        self.pid
+                    );
+                    self.exec_failure.get_or_insert_with(|| format!("perf map after fork: {err}"));
+                }
+            }
+        }
+    }
+}
+
+fn after_fork_if_needed(guard: &mut MutexGuard<'static, Option<Profiler>>) {
+    if FORKED.swap(false, Relaxed) {
+        if let Some(profiler) = guard.as_mut() {
+            profiler.reopen_after_fork();
+        }
+    }
+}
+
+extern "C" fn forked_child() {
+    // Only an atomic store: this runs in the child between fork and anything else.
+    FORKED.store(true, Relaxed);
+}
+
+extern "C" fn at_exit() {
+    // Py_AtExit runs at the very end of finalization; trim what can be trimmed without waiting.
+    if let Ok(mut guard) = PROFILER.try_lock() {
+        after_fork_if_needed(&mut guard);
+        if let Some(profiler) = guard.as_mut() {
+            profiler.trim_files();
+        }
+    }
+}
+
+fn install_process_hooks() {
+    // SAFETY: registering handlers has no preconditions; both are plain extern "C" functions that
+    // live as long as the process (the extension module is never unloaded).
+    unsafe {
+        libc::pthread_atfork(None, None, Some(forked_child));
+        pyo3::ffi::Py_AtExit(Some(at_exit));
+    }
+}
+
+/// The map path this process would write, for messages before anything is opened.
+pub fn perf_map_path() -> String {
+    perf_map::path_for(current_pid()).display().to_string()
+}
