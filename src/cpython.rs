@@ -149,6 +149,14 @@ pub unsafe fn set_eval_frame(f: EvalFrameFn) {
     _PyInterpreterState_SetEvalFrameFunc(ffi::PyInterpreterState_Get(), f)
 }
 
+/// Raises RecursionError with `message` (replacing any pending exception).
+///
+/// # Safety
+/// GIL held.
+pub unsafe fn set_recursion_error(message: &CStr) {
+    ffi::PyErr_SetString(ffi::PyExc_RecursionError, message.as_ptr());
+}
+
 /// The name, file name and first line of a code object, as UTF-8 bytes.
 pub struct CodeNames<'a> {
     /// `co_qualname` (3.11+) or `co_name` (3.9/3.10, which have no qualified name on code).

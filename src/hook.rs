@@ -15,6 +15,7 @@ use pyo3::ffi::{PyObject, PyThreadState};
 
 use crate::cpython::{self, EvalFrameFn, Frame, TrampolineFn};
 use crate::profiler;
+use crate::stack_guard;
 
 /// The evaluator perftramp chains to (an `EvalFrameFn`, stored as an address).
 static PREVIOUS: AtomicUsize = AtomicUsize::new(0);
@@ -42,6 +43,9 @@ pub unsafe extern "C" fn eval_frame(
     throwflag: c_int,
 ) -> *mut PyObject {
     let evaluator = previous();
+    if stack_guard::near_stack_end() {
+        return overflow(tstate, frame, evaluator);
+    }
     if ACTIVE.load(Relaxed) {
         let code = cpython::frame_code(frame);
         if cpython::is_code(code) {
@@ -57,6 +61,20 @@ pub unsafe extern "C" fn eval_frame(
         }
     }
     evaluator(tstate, frame, throwflag)
+}
+
+/// The C stack is nearly exhausted: raise RecursionError in the frame instead of running it.
+/// The evaluator is entered in "throw" mode, exactly as for `generator.throw()`, so CPython
+/// unwinds and clears the frame itself.
+#[cold]
+#[inline(never)]
+unsafe fn overflow(tstate: *mut PyThreadState, frame: *mut Frame, evaluator: EvalFrameFn) -> *mut PyObject {
+    cpython::set_recursion_error(
+        c"maximum recursion depth exceeded: the C stack is nearly exhausted (with perftramp on, every \
+          Python call uses C stack; lower sys.setrecursionlimit() or give the thread a larger stack: \
+          ulimit -s, threading.stack_size())",
+    );
+    evaluator(tstate, frame, 1)
 }
 
 /// Makes, names and records a trampoline for `code`; null if none could be made (the frame

@@ -7,6 +7,7 @@
 //! - [`hook`]: the eval-frame hook (the hot path);
 //! - [`profiler`]: process-wide state, enable/disable, making trampolines (the cold path);
 //! - [`names`]: `py::<qualname>:<filename>` names made safe for perf's formats;
+//! - [`stack_guard`]: RecursionError instead of a C stack overflow;
 //! - [`append_file`], [`perf_map`]: crash-safe output files.
 
 pub mod append_file;
@@ -18,6 +19,7 @@ pub mod jitdump;
 pub mod names;
 pub mod perf_map;
 pub mod profiler;
+pub mod stack_guard;
 pub mod unwind;
 
 use pyo3::create_exception;

@@ -1,0 +1,140 @@
+"""Shared fixtures: running Python snippets in a child interpreter, and running real perf."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+
+# perf must never reach for the network or a user's config during tests.
+PERF_ENV = {"DEBUGINFOD_URLS": "", "PERF_CONFIG": "/dev/null"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    # scripts/test.sh runs the whole suite once per interpreter; interpreter-independent tests
+    # (marked `once`) run on the first interpreter only.
+    if os.environ.get("PERFTRAMP_SKIP_ONCE") == "1":
+        skip = pytest.mark.skip(reason="interpreter-independent; ran on the first interpreter")
+        for item in items:
+            if "once" in item.keywords:
+                item.add_marker(skip)
+
+
+def interpreter_has_frame_pointers() -> bool:
+    flags = " ".join(
+        str(sysconfig.get_config_var(name) or "") for name in ("CFLAGS", "CONFIG_ARGS", "PY_CFLAGS")
+    )
+    return "-fno-omit-frame-pointer" in flags
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+    pid: Optional[int]
+
+    def check(self) -> "Run":
+        assert self.returncode == 0, f"exit {self.returncode}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
+        return self
+
+
+@pytest.fixture
+def run_python(tmp_path: Path):
+    """Run a dedented snippet in a fresh interpreter (this one), as a script file.
+
+    The child prints `PID=<pid>` first if the snippet calls `report_pid()`.
+    """
+
+    def run(code: str, *, args: Optional[List[str]] = None, env: Optional[Dict[str, str]] = None,
+            timeout: float = 120, name: str = "snippet.py", python_args: Optional[List[str]] = None) -> Run:
+        script = tmp_path / name
+        prelude = "import os, sys\ndef report_pid():\n    print(f'PID={os.getpid()}', flush=True)\n"
+        script.write_text(prelude + textwrap.dedent(code))
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        proc = subprocess.run(
+            [sys.executable, *(python_args or []), str(script), *(args or [])],
+            capture_output=True, text=True, env=full_env, timeout=timeout, cwd=str(tmp_path),
+        )
+        match = re.search(r"^PID=(\d+)$", proc.stdout, re.M)
+        return Run(proc.returncode, proc.stdout, proc.stderr, int(match.group(1)) if match else None)
+
+    return run
+
+
+@pytest.fixture
+def perf() -> str:
+    """Path of the perf binary. Missing perf fails under CI (it must have been installed)."""
+    path = shutil.which("perf")
+    if path is None or subprocess.run([path, "--version"], capture_output=True).returncode != 0:
+        if os.environ.get("CI") or os.environ.get("PERFTRAMP_REQUIRE_PERF") == "1":
+            pytest.fail("perf is required here but not runnable (apt-get install linux-perf)")
+        pytest.skip("perf is not installed (apt-get install linux-perf)")
+    return path
+
+
+@dataclass
+class Sample:
+    """One perf sample: its stack's symbol names, innermost first."""
+
+    symbols: List[str]
+
+
+_FRAME = re.compile(r"^\s+[0-9a-f]+\s+(.*?)(?:\+0x[0-9a-f]+)?\s+\((.*)\)$")
+
+
+def parse_perf_script(text: str) -> List[Sample]:
+    samples: List[Sample] = []
+    current: Optional[List[str]] = None
+    for line in text.splitlines():
+        if not line.strip():
+            if current is not None:
+                samples.append(Sample(current))
+            current = None
+        elif line[0] not in " \t":
+            current = []
+        elif current is not None:
+            match = _FRAME.match(line)
+            if match:
+                current.append(match.group(1))
+    if current is not None:
+        samples.append(Sample(current))
+    return samples
+
+
+def perf_script(perf: str, data: Path) -> List[Sample]:
+    env = dict(os.environ, **PERF_ENV)
+    proc = subprocess.run([perf, "script", "-i", str(data)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return parse_perf_script(proc.stdout)
+
+
+def perf_record(perf: str, data: Path, command: List[str], *, call_graph: str = "fp",
+                extra: Optional[List[str]] = None, env: Optional[Dict[str, str]] = None,
+                cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, **PERF_ENV)
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [perf, "record", "-F", "999", "-g", f"--call-graph={call_graph}", *(extra or []),
+         "-o", str(data), "--", *command],
+        capture_output=True, text=True, env=full_env, cwd=str(cwd) if cwd else None, timeout=300,
+    )
+    assert proc.returncode == 0, f"perf record failed:\n{proc.stderr}\n{proc.stdout}"
+    return proc
+
+
+def py_name(qualname: str, filename: str) -> str:
+    """The name perftramp writes. 3.9/3.10 code objects have no qualname: co_name is used."""
+    if sys.version_info < (3, 11):
+        qualname = qualname.rsplit(".", 1)[-1]
+    return f"py::{qualname}:{filename}"
