@@ -24,6 +24,9 @@ pub const CHUNK: usize = 64 * 1024;
 
 const PAGE: u64 = 4096;
 
+/// Bytes of a record written last (see `try_append`).
+const HEAD: usize = 8;
+
 struct Window {
     ptr: NonNull<u8>,
     len: usize,
@@ -96,15 +99,17 @@ impl AppendFile {
         let window = self.window.as_ref().expect("reserve maps a window");
         let at = (self.pos - window.offset) as usize;
         debug_assert!(at + record.len() <= window.len);
+        // The first HEAD bytes (a jitdump record's id and size) go in last: a process killed
+        // mid-copy leaves zeros where the record starts, which readers take as the end.
+        let head = record.len().min(HEAD);
         // SAFETY: reserve guarantees [pos, pos+len) lies inside the window, a live shared
         // writable mapping of this file; `record` cannot overlap it (it is not ours to hand out).
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                record.as_ptr(),
-                window.ptr.as_ptr().add(at),
-                record.len(),
-            )
-        };
+            let dst = window.ptr.as_ptr().add(at);
+            std::ptr::copy_nonoverlapping(record.as_ptr().add(head), dst.add(head), record.len() - head);
+            std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::Release);
+            std::ptr::copy_nonoverlapping(record.as_ptr(), dst, head);
+        }
         self.pos += record.len() as u64;
         self.bytes_written += record.len() as u64;
         Ok(())

@@ -149,6 +149,78 @@ pub unsafe fn set_eval_frame(f: EvalFrameFn) {
     _PyInterpreterState_SetEvalFrameFunc(ffi::PyInterpreterState_Get(), f)
 }
 
+/// CPython 3.12 and 3.13 charge `PY_EVAL_C_STACK_UNITS` (2) of `tstate->c_recursion_remaining`
+/// per entry into the evaluator. Without a hook, Python-to-Python calls are inlined and cost
+/// nothing; with any hook, every call re-enters and the usable recursion depth halves (3.12:
+/// about 750 frames whatever the recursion limit; CPython's own `-X perf` has the same flaw).
+/// perftramp refunds those units around calls made through its hook: the C stack itself is
+/// guarded precisely by [`crate::stack_guard`] instead.
+#[cfg(all(Py_3_12, not(Py_3_14)))]
+mod c_recursion {
+    /// Offsets in `struct _ts` (Include/cpython/pystate.h of the minor version; public struct,
+    /// stable within a minor version). Checked at enable against `sys.getrecursionlimit()`.
+    #[cfg(not(Py_3_13))]
+    pub const PY_RECURSION_LIMIT: usize = 32;
+    #[cfg(not(Py_3_13))]
+    pub const C_RECURSION_REMAINING: usize = 36;
+    #[cfg(Py_3_13)]
+    pub const PY_RECURSION_LIMIT: usize = 48;
+    #[cfg(Py_3_13)]
+    pub const C_RECURSION_REMAINING: usize = 52;
+    /// PY_EVAL_C_STACK_UNITS.
+    pub const UNITS: i32 = 2;
+}
+
+#[cfg(all(Py_3_12, not(Py_3_14)))]
+static REFUND_C_RECURSION: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Checks the thread-state layout the refund relies on, and turns the refund on if it matches.
+/// Returns whether the refund is on (always false where CPython has no such counter).
+///
+/// # Safety
+/// GIL held.
+pub unsafe fn enable_c_recursion_refund(recursion_limit: i32) -> bool {
+    #[cfg(all(Py_3_12, not(Py_3_14)))]
+    {
+        let tstate = ffi::PyThreadState_Get().cast::<u8>();
+        let limit = *tstate.add(c_recursion::PY_RECURSION_LIMIT).cast::<i32>();
+        let ok = limit == recursion_limit;
+        REFUND_C_RECURSION.store(ok, std::sync::atomic::Ordering::Relaxed);
+        ok
+    }
+    #[cfg(not(all(Py_3_12, not(Py_3_14))))]
+    {
+        let _ = recursion_limit;
+        false
+    }
+}
+
+/// Gives back the C-recursion units the evaluator is about to charge (see `c_recursion`).
+///
+/// # Safety
+/// `tstate` is the running thread's state, as CPython passed it to the hook.
+#[inline(always)]
+pub unsafe fn refund_c_recursion(tstate: *mut PyThreadState) {
+    #[cfg(all(Py_3_12, not(Py_3_14)))]
+    if REFUND_C_RECURSION.load(std::sync::atomic::Ordering::Relaxed) {
+        *tstate.cast::<u8>().add(c_recursion::C_RECURSION_REMAINING).cast::<i32>() += c_recursion::UNITS;
+    }
+    let _ = tstate;
+}
+
+/// Takes the refunded units back after the evaluator returned (it gave its own back).
+///
+/// # Safety
+/// As [`refund_c_recursion`], paired with it.
+#[inline(always)]
+pub unsafe fn recharge_c_recursion(tstate: *mut PyThreadState) {
+    #[cfg(all(Py_3_12, not(Py_3_14)))]
+    if REFUND_C_RECURSION.load(std::sync::atomic::Ordering::Relaxed) {
+        *tstate.cast::<u8>().add(c_recursion::C_RECURSION_REMAINING).cast::<i32>() -= c_recursion::UNITS;
+    }
+    let _ = tstate;
+}
+
 /// Raises RecursionError with `message` (replacing any pending exception).
 ///
 /// # Safety

@@ -46,21 +46,26 @@ pub unsafe extern "C" fn eval_frame(
     if stack_guard::near_stack_end() {
         return overflow(tstate, frame, evaluator);
     }
-    if ACTIVE.load(Relaxed) {
-        let code = cpython::frame_code(frame);
-        if cpython::is_code(code) {
-            let mut trampoline = cpython::code_extra(code, EXTRA_INDEX.load(Relaxed));
-            if trampoline.is_null() {
-                trampoline = make_trampoline(code);
-            }
-            if !trampoline.is_null() {
-                // SAFETY: every non-null extra under our index is a slot holding the stub.
-                let trampoline = std::mem::transmute::<*mut c_void, TrampolineFn>(trampoline);
-                return trampoline(tstate, frame, throwflag, evaluator);
+    cpython::refund_c_recursion(tstate);
+    let result = 'run: {
+        if ACTIVE.load(Relaxed) {
+            let code = cpython::frame_code(frame);
+            if cpython::is_code(code) {
+                let mut trampoline = cpython::code_extra(code, EXTRA_INDEX.load(Relaxed));
+                if trampoline.is_null() {
+                    trampoline = make_trampoline(code);
+                }
+                if !trampoline.is_null() {
+                    // SAFETY: every non-null extra under our index is a slot holding the stub.
+                    let trampoline = std::mem::transmute::<*mut c_void, TrampolineFn>(trampoline);
+                    break 'run trampoline(tstate, frame, throwflag, evaluator);
+                }
             }
         }
-    }
-    evaluator(tstate, frame, throwflag)
+        evaluator(tstate, frame, throwflag)
+    };
+    cpython::recharge_c_recursion(tstate);
+    result
 }
 
 /// The C stack is nearly exhausted: raise RecursionError in the frame instead of running it.

@@ -8,7 +8,8 @@
 //! - [`profiler`]: process-wide state, enable/disable, making trampolines (the cold path);
 //! - [`names`]: `py::<qualname>:<filename>` names made safe for perf's formats;
 //! - [`stack_guard`]: RecursionError instead of a C stack overflow;
-//! - [`append_file`], [`perf_map`]: crash-safe output files.
+//! - [`append_file`], [`perf_map`], [`jitdump_file`]: crash-safe output files;
+//! - [`jitdump`], [`unwind`]: pure encoders of jitdump records and their DWARF unwind data.
 
 pub mod append_file;
 pub mod arch;
@@ -16,6 +17,7 @@ pub mod arena;
 pub mod cpython;
 pub mod hook;
 pub mod jitdump;
+pub mod jitdump_file;
 pub mod names;
 pub mod perf_map;
 pub mod profiler;
@@ -76,15 +78,17 @@ fn check_cpython_trampoline(py: Python<'_>) -> PyResult<()> {
 
 /// Turn perftramp on. `mode` is already validated by the Python layer, and again here.
 #[pyfunction]
-fn enable(py: Python<'_>, mode: &str) -> PyResult<()> {
+#[pyo3(signature = (mode, directory=None))]
+fn enable(py: Python<'_>, mode: &str, directory: Option<std::path::PathBuf>) -> PyResult<()> {
     let mode = Mode::parse(mode).ok_or_else(|| {
         PyValueError::new_err(format!("unknown mode {mode:?}; valid modes: {}", Mode::VALID))
     })?;
     if !profiler::is_enabled() {
         check_cpython_trampoline(py)?;
     }
+    let recursion_limit: i32 = py.import("sys")?.call_method0("getrecursionlimit")?.extract()?;
     // SAFETY: we hold the GIL (py).
-    unsafe { profiler::enable(mode) }.map_err(enable_error)
+    unsafe { profiler::enable(mode, directory.as_deref(), recursion_limit) }.map_err(enable_error)
 }
 
 /// Turn perftramp off; a no-op when it is off.
@@ -109,6 +113,7 @@ fn status(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("mode", s.mode.map(Mode::name))?;
     d.set_item("pid", s.pid)?;
     d.set_item("perf_map_path", s.perf_map_path)?;
+    d.set_item("jitdump_path", s.jitdump_path)?;
     d.set_item("trampolines", s.trampolines)?;
     d.set_item("executable_bytes", s.executable_bytes)?;
     d.set_item("executable_bytes_used", s.executable_bytes_used)?;

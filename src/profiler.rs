@@ -4,6 +4,7 @@
 
 use std::ffi::c_void;
 use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, Once, TryLockError};
 
@@ -11,6 +12,7 @@ use crate::arch::{self, Arch};
 use crate::arena::ExecMemory;
 use crate::cpython::{self, CodeNames};
 use crate::hook::{self, Deactivated};
+use crate::jitdump_file::JitDumpFile;
 use crate::names;
 use crate::perf_map::{self, PerfMap};
 
@@ -19,15 +21,23 @@ use crate::perf_map::{self, PerfMap};
 pub enum Mode {
     /// A perf map, `/tmp/perf-<pid>.map` (CPython's `-X perf`).
     Map,
+    /// A jitdump with unwind info, `jit-<pid>.dump`, for `perf inject --jit` (CPython's
+    /// `-X perf_jit`): full Python stacks with DWARF unwinding.
+    Jit,
+    /// Both files.
+    Both,
 }
 
 impl Mode {
     /// Accepted spellings, for error messages.
-    pub const VALID: &'static str = "'map' (or its alias 'perf')";
+    pub const VALID: &'static str =
+        "'map' (alias 'perf'), 'jit' (alias 'perf_jit'), 'both' (map and jitdump)";
 
     pub fn parse(name: &str) -> Option<Mode> {
         match name {
             "map" | "perf" => Some(Mode::Map),
+            "jit" | "perf_jit" => Some(Mode::Jit),
+            "both" => Some(Mode::Both),
             _ => None,
         }
     }
@@ -35,7 +45,17 @@ impl Mode {
     pub fn name(self) -> &'static str {
         match self {
             Mode::Map => "map",
+            Mode::Jit => "jit",
+            Mode::Both => "both",
         }
+    }
+
+    fn writes_map(self) -> bool {
+        matches!(self, Mode::Map | Mode::Both)
+    }
+
+    fn writes_jitdump(self) -> bool {
+        matches!(self, Mode::Jit | Mode::Both)
     }
 }
 
@@ -57,6 +77,7 @@ pub struct Status {
     pub mode: Option<Mode>,
     pub pid: u32,
     pub perf_map_path: Option<String>,
+    pub jitdump_path: Option<String>,
     pub trampolines: u64,
     pub executable_bytes: usize,
     pub executable_bytes_used: usize,
@@ -71,12 +92,15 @@ struct Profiler {
     memory: ExecMemory,
     slot_size: usize,
     perf_map: Option<PerfMap>,
+    jitdump: Option<JitDumpFile>,
+    jitdump_dir: PathBuf,
     /// Why making trampolines stopped (no executable memory), if it did.
     exec_failure: Option<String>,
     trampolines: u64,
     pid: u32,
-    /// Reused name buffer: no allocation per trampoline once warm.
+    /// Reused name buffers: no allocation per trampoline once warm.
     name: Vec<u8>,
+    file_name: Vec<u8>,
     pass_through: bool,
 }
 
@@ -93,11 +117,20 @@ fn current_pid() -> u32 {
     std::process::id()
 }
 
-/// Turns perftramp on in `mode`. Enabling again in the same mode is a no-op.
+/// Where jitdumps go unless the caller says otherwise.
+pub const DEFAULT_JITDUMP_DIR: &str = "/tmp";
+
+/// Turns perftramp on in `mode`, writing the jitdump (jit/both modes) into `jitdump_dir`.
+/// `recursion_limit` is `sys.getrecursionlimit()`, used to verify the thread-state layout.
+/// Enabling again in the same mode is a no-op.
 ///
 /// # Safety
 /// GIL held.
-pub unsafe fn enable(mode: Mode) -> Result<(), EnableError> {
+pub unsafe fn enable(
+    mode: Mode,
+    jitdump_dir: Option<&Path>,
+    recursion_limit: i32,
+) -> Result<(), EnableError> {
     if !cfg!(target_os = "linux") {
         return Err(EnableError::Unsupported(format!(
             "perftramp needs Linux (perf maps and jitdumps are read by Linux perf); this is {}",
@@ -124,6 +157,15 @@ pub unsafe fn enable(mode: Mode) -> Result<(), EnableError> {
                 mode.name()
             )));
         }
+        if let Some(dir) = jitdump_dir {
+            if mode.writes_jitdump() && dir != profiler.jitdump_dir {
+                return Err(EnableError::Conflict(format!(
+                    "perftramp already writes its jitdump in {}; it cannot move to {} in this process",
+                    profiler.jitdump_dir.display(),
+                    dir.display()
+                )));
+            }
+        }
         if hook::is_active() {
             return Ok(());
         }
@@ -134,9 +176,11 @@ pub unsafe fn enable(mode: Mode) -> Result<(), EnableError> {
         ));
     }
     if guard.is_none() {
-        *guard = Some(Profiler::new(mode, arch)?);
+        let dir = jitdump_dir.unwrap_or(Path::new(DEFAULT_JITDUMP_DIR));
+        *guard = Some(Profiler::new(mode, arch, dir)?);
     }
     PROCESS_HOOKS.call_once(|| install_process_hooks());
+    cpython::enable_c_recursion_refund(recursion_limit);
     hook::activate();
     if let Some(profiler) = guard.as_mut() {
         profiler.pass_through = false;
@@ -179,6 +223,7 @@ pub unsafe fn status() -> Status {
             mode: None,
             pid: current_pid(),
             perf_map_path: None,
+            jitdump_path: None,
             trampolines: 0,
             executable_bytes: 0,
             executable_bytes_used: 0,
@@ -191,6 +236,7 @@ pub unsafe fn status() -> Status {
             mode: Some(p.mode),
             pid: p.pid,
             perf_map_path: p.perf_map.as_ref().map(|m| m.path().display().to_string()),
+            jitdump_path: p.jitdump.as_ref().map(|j| j.path().display().to_string()),
             trampolines: p.trampolines,
             executable_bytes: p.memory.mapped_bytes(),
             executable_bytes_used: p.memory.used_bytes(),
@@ -218,21 +264,43 @@ pub fn make_trampoline(names: &CodeNames<'_>) -> Option<*mut c_void> {
 }
 
 impl Profiler {
-    fn new(mode: Mode, arch: &'static Arch) -> Result<Self, EnableError> {
+    fn new(mode: Mode, arch: &'static Arch, jitdump_dir: &Path) -> Result<Self, EnableError> {
         let pid = current_pid();
-        let perf_map = match mode {
-            Mode::Map => Some(PerfMap::open(pid).map_err(EnableError::Io)?),
+        // The jitdump first: if the map then fails, remove the dump, leaving nothing behind.
+        let jitdump = if mode.writes_jitdump() {
+            check_directory(jitdump_dir)?;
+            Some(JitDumpFile::create(jitdump_dir, pid, arch).map_err(EnableError::Io)?)
+        } else {
+            None
         };
+        let perf_map = if mode.writes_map() {
+            match PerfMap::open(pid) {
+                Ok(map) => Some(map),
+                Err(err) => {
+                    if let Some(dump) = jitdump {
+                        let _ = std::fs::remove_file(dump.path());
+                    }
+                    return Err(EnableError::Io(err));
+                }
+            }
+        } else {
+            None
+        };
+        let slot_size =
+            if mode.writes_jitdump() { JitDumpFile::slot_size(arch) } else { arch.slot_stride };
         Ok(Profiler {
             mode,
             arch,
             memory: ExecMemory::new(arch),
-            slot_size: arch.slot_stride,
+            slot_size,
             perf_map,
+            jitdump,
+            jitdump_dir: jitdump_dir.to_owned(),
             exec_failure: None,
             trampolines: 0,
             pid,
             name: Vec::with_capacity(names::MAX_NAME),
+            file_name: Vec::with_capacity(names::MAX_NAME),
             pass_through: false,
         })
     }
@@ -257,6 +325,12 @@ impl Profiler {
         if let Some(map) = self.perf_map.as_mut() {
             map.write_entry(addr, self.arch.code.len(), &self.name);
         }
+        if let Some(dump) = self.jitdump.as_mut() {
+            // The debug-info file name is sanitized like the symbol name: no NUL, one line.
+            self.file_name.clear();
+            names::push_escaped(&mut self.file_name, names.filename);
+            dump.write_trampoline(addr, &self.name, &self.file_name, names.firstlineno);
+        }
         self.trampolines += 1;
         Some(slot.as_ptr().cast())
     }
@@ -265,6 +339,9 @@ impl Profiler {
         if let Some(map) = self.perf_map.as_mut() {
             map.trim();
         }
+        if let Some(dump) = self.jitdump.as_mut() {
+            dump.trim();
+        }
     }
 
     fn errors(&self) -> Vec<String> {
@@ -272,6 +349,9 @@ impl Profiler {
         errors.extend(self.exec_failure.clone());
         if let Some(failure) = self.perf_map.as_ref().and_then(|m| m.failure()) {
             errors.push(format!("perf map: {failure}"));
+        }
+        if let Some(failure) = self.jitdump.as_ref().and_then(|j| j.failure()) {
+            errors.push(format!("jitdump: {failure}"));
         }
         errors
     }
@@ -290,6 +370,16 @@ impl Profiler {
                         self.pid
                     );
                     self.exec_failure.get_or_insert_with(|| format!("perf map after fork: {err}"));
+                }
+            }
+        }
+        if let Some(old) = self.jitdump.take() {
+            old.abandon();
+            match JitDumpFile::create(&self.jitdump_dir, self.pid, self.arch) {
+                Ok(dump) => self.jitdump = Some(dump),
+                Err(err) => {
+                    eprintln!("perftramp: in fork child {}: {err}; no jitdump is written", self.pid);
+                    self.exec_failure.get_or_insert_with(|| format!("jitdump after fork: {err}"));
                 }
             }
         }
@@ -325,6 +415,21 @@ fn install_process_hooks() {
     unsafe {
         libc::pthread_atfork(None, None, Some(forked_child));
         pyo3::ffi::Py_AtExit(Some(at_exit));
+    }
+}
+
+/// The jitdump directory must exist and be a directory we can write.
+fn check_directory(dir: &Path) -> Result<(), EnableError> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(EnableError::Io(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            format!("jitdump directory {} is not a directory", dir.display()),
+        ))),
+        Err(err) => Err(EnableError::Io(io::Error::new(
+            err.kind(),
+            format!("jitdump directory {}: {err}", dir.display()),
+        ))),
     }
 }
 

@@ -8,9 +8,10 @@ its name, ``py::<qualname>:<filename>``, into ``/tmp/perf-<pid>.map``, so ``perf
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from dataclasses import dataclass
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Optional, Tuple, Union
 
 __all__ = [
     "MODES",
@@ -28,7 +29,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 #: Accepted values of ``mode``, with aliases (CPython's names) mapped to perftramp's.
-MODES = {"map": "map", "perf": "map"}
+MODES = {"map": "map", "perf": "map", "jit": "jit", "perf_jit": "jit", "both": "both"}
 
 try:
     from . import _perftramp as _native
@@ -57,11 +58,13 @@ class Status:
     """A snapshot of perftramp's state, from :func:`status`."""
 
     enabled: bool
-    #: "map", or None if perftramp was never enabled in this process.
+    #: "map", "jit" or "both"; None if perftramp was never enabled in this process.
     mode: Optional[str]
     pid: int
     #: The perf map being written, if any.
     perf_map_path: Optional[str]
+    #: The jitdump being written (jit and both modes), if any.
+    jitdump_path: Optional[str]
     #: Trampolines made so far (one per code object that ran while enabled).
     trampolines: int
     #: Executable memory mapped for trampolines, and the part of it handed out.
@@ -95,17 +98,33 @@ def _normalize_mode(mode: str) -> str:
         raise ValueError(f"unknown perftramp mode {mode!r}; valid modes: {valid}") from None
 
 
-def enable(mode: str = "map") -> None:
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def enable(mode: str = "map", *, directory: Optional[PathLike] = None) -> None:
     """Give every Python function that starts running from now on its own perf-visible frame.
 
-    ``mode="map"`` (alias ``"perf"``) writes ``/tmp/perf-<pid>.map``. Enabling again is a no-op.
+    ``mode="map"`` (alias ``"perf"``) writes ``/tmp/perf-<pid>.map``: names for ``perf report``
+    and frame-pointer stacks. ``mode="jit"`` (alias ``"perf_jit"``) writes ``jit-<pid>.dump``
+    with unwind info into ``directory`` (default ``/tmp``), for ``perf record -k 1
+    --call-graph dwarf`` and ``perf inject --jit``: full Python stacks on interpreters built
+    without frame pointers. ``mode="both"`` writes both. Enabling again in the same mode is a
+    no-op; one process uses one mode.
 
     Raises ValueError for an unknown mode, :class:`UnsupportedError` on a platform or
     interpreter perftramp cannot hook, :class:`ConflictError` when CPython's own perf trampoline
-    is active, and OSError (naming the path) when the map file cannot be written.
+    is active or perftramp already runs in another mode, and OSError (naming the path) when a
+    file cannot be written.
     """
     normalized = _normalize_mode(mode)
-    _require_native().enable(normalized)
+    if directory is not None:
+        if normalized == "map":
+            raise ValueError(
+                "directory= places the jitdump (mode='jit' or 'both'); the perf map is always "
+                "/tmp/perf-<pid>.map, where perf looks for it"
+            )
+        directory = os.fspath(directory)
+    _require_native().enable(normalized, directory)
 
 
 def disable() -> None:
@@ -132,14 +151,14 @@ def status() -> Status:
 
 
 @contextlib.contextmanager
-def enabled(mode: str = "map") -> Iterator[Status]:
+def enabled(mode: str = "map", *, directory: Optional[PathLike] = None) -> Iterator[Status]:
     """Context manager: perftramp on inside the block, back to its previous state after it.
 
     >>> with perftramp.enabled():
     ...     run_workload()
     """
     was_enabled = is_enabled()
-    enable(mode)
+    enable(mode, directory=directory)
     try:
         yield status()
     finally:

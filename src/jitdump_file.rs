@@ -1,0 +1,194 @@
+//! The jitdump file, `<directory>/jit-<pid>.dump`, read by `perf inject --jit`.
+//!
+//! perf only finds a jitdump through an MMAP event: the file is mapped PROT_EXEC (one page) for
+//! the life of the process. Records go through [`AppendFile`] (a shared mapping), so every
+//! trampoline's records are in the page cache before the trampoline first runs: a crash or
+//! SIGKILL loses nothing that ran. Per trampoline: DEBUG_INFO and UNWINDING_INFO, then its
+//! CODE_LOAD (perf applies the first two to the next load), appended as one unit.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::append_file::AppendFile;
+use crate::arch::Arch;
+use crate::jitdump;
+use crate::unwind::{self, UnwindInfo};
+
+pub fn path_for(directory: &Path, pid: u32) -> PathBuf {
+    directory.join(format!("jit-{pid}.dump"))
+}
+
+pub struct JitDumpFile {
+    file: AppendFile,
+    arch: &'static Arch,
+    unwind: UnwindInfo,
+    /// Per-process salt of the dumped code bytes (unique build-ids, see jitdump::salted_code).
+    salt: u64,
+    next_index: u64,
+    pid: u32,
+    /// The PROT_EXEC mapping perf records; never unmapped in this process.
+    marker: usize,
+    record: Vec<u8>,
+}
+
+// SAFETY: `marker` is only an address kept for the record; the struct lives behind the profiler's
+// mutex.
+unsafe impl Send for JitDumpFile {}
+
+impl JitDumpFile {
+    /// Creates the dump for process `pid` in `directory`, writes its header, and maps it
+    /// executable so `perf record` sees it.
+    pub fn create(directory: &Path, pid: u32, arch: &'static Arch) -> io::Result<Self> {
+        let path = path_for(directory, pid);
+        let file = create_fresh(&path)?;
+        // SAFETY: maps one page of a file we hold open for reading; PROT_EXEC without write is
+        // what perf looks for, and nothing ever reads or runs through this mapping.
+        let marker = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if marker == libc::MAP_FAILED {
+            let err = io::Error::last_os_error();
+            let _ = std::fs::remove_file(&path);
+            return Err(io::Error::new(
+                err.kind(),
+                format!(
+                    "cannot map {} executable ({err}): perf finds a jitdump only through an \
+                     executable mapping; is {} mounted noexec? choose another directory=",
+                    path.display(),
+                    directory.display()
+                ),
+            ));
+        }
+        let mut header = Vec::with_capacity(jitdump::HEADER_SIZE);
+        jitdump::encode_header(&mut header, arch.elf_machine, pid, monotonic_ns());
+        let mut file = AppendFile::new(file, path, 0)?;
+        file.append(&header);
+        if let Some(failure) = file.failure() {
+            return Err(io::Error::other(failure.to_owned()));
+        }
+        Ok(JitDumpFile {
+            file,
+            arch,
+            unwind: unwind::unwind_info(arch),
+            salt: random_salt(),
+            next_index: 0,
+            pid,
+            marker: marker as usize,
+            record: Vec::with_capacity(1024),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    pub fn failure(&self) -> Option<&str> {
+        self.file.failure()
+    }
+
+    /// Bytes of executable memory each jit-mode trampoline needs so that perf inject's mapped
+    /// ranges never overlap.
+    pub fn slot_size(arch: &Arch) -> usize {
+        jitdump::jit_slot_size(arch, &unwind::unwind_info(arch))
+    }
+
+    /// Appends the records describing the trampoline at `addr`.
+    pub fn write_trampoline(&mut self, addr: usize, name: &[u8], filename: &[u8], line: i32) {
+        let now = monotonic_ns();
+        let index = self.next_index;
+        self.next_index += 1;
+        let code = jitdump::salted_code(self.arch, index, self.salt);
+        self.record.clear();
+        jitdump::encode_debug_info(&mut self.record, now, addr as u64, code.len() as u64, filename, line);
+        jitdump::encode_unwinding_info(&mut self.record, now, &self.unwind);
+        jitdump::encode_code_load(&mut self.record, self.pid, thread_id(), now, addr as u64, &code, index, name);
+        self.file.append(&self.record);
+    }
+
+    pub fn trim(&mut self) {
+        self.file.trim();
+    }
+
+    /// In a fork child: forget the parent's file (the inherited PROT_EXEC mapping is the
+    /// parent's; it stays mapped, harmlessly).
+    pub fn abandon(self) {
+        let _ = self.marker;
+        self.file.abandon();
+    }
+}
+
+/// Creates `path` as a new private file (O_EXCL), never writing through what was there: a stale
+/// dump of ours (an earlier process with the same pid) is removed first; anything else is refused.
+fn create_fresh(path: &Path) -> io::Result<File> {
+    let open = || {
+        OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+    };
+    match open() {
+        Ok(file) => return Ok(file),
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(err) => {
+            return Err(io::Error::new(err.kind(), format!("cannot create {}: {err}", path.display())))
+        }
+    }
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|err| io::Error::new(err.kind(), format!("cannot stat {}: {err}", path.display())))?;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if !meta.file_type().is_file() || meta.uid() != euid {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "refusing to replace {}: it is not a regular file of uid {euid}; remove it or choose another directory=",
+                path.display()
+            ),
+        ));
+    }
+    // A stale dump of an earlier process with our pid: replace it rather than append to it.
+    std::fs::remove_file(path)
+        .map_err(|err| io::Error::new(err.kind(), format!("cannot remove stale {}: {err}", path.display())))?;
+    open().map_err(|err| io::Error::new(err.kind(), format!("cannot create {}: {err}", path.display())))
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: what `perf record -k 1` timestamps samples with.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn thread_id() -> u32 {
+    thread_local! {
+        static TID: u32 = {
+            // SAFETY: gettid has no preconditions.
+            unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+        };
+    }
+    TID.with(|tid| *tid)
+}
+
+fn random_salt() -> u64 {
+    let mut salt = 0u64;
+    // SAFETY: writes at most 8 bytes into `salt`.
+    let got = unsafe { libc::getrandom((&raw mut salt).cast(), 8, libc::GRND_NONBLOCK) };
+    if got != 8 {
+        salt = monotonic_ns() ^ (u64::from(std::process::id()) << 32);
+    }
+    salt
+}
