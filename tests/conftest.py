@@ -19,6 +19,17 @@ import pytest
 PERF_ENV = {"DEBUGINFOD_URLS": "", "PERF_CONFIG": "/dev/null"}
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # PERFTRAMP_TEST_MODE=jit runs the behaviour checks with jit-mode trampolines: the suite
+    # calls enable()/enabled() with their default mode, which this switches (test-only).
+    mode = os.environ.get("PERFTRAMP_TEST_MODE")
+    if mode:
+        import perftramp
+
+        perftramp.enable.__defaults__ = (mode,)
+        perftramp.enabled.__wrapped__.__defaults__ = (mode,)  # type: ignore[attr-defined]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
     # scripts/test.sh runs the whole suite once per interpreter; interpreter-independent tests
     # (marked `once`) run on the first interpreter only.

@@ -1,0 +1,337 @@
+"""jit mode: the jitdump, read back by perf inject and readelf, and full stacks without frame
+pointers (perf record -k 1 --call-graph dwarf, perf inject --jit, perf script)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import stat
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import PERF_ENV, perf_record, perf_script, py_name
+
+JIT_WORKLOAD = """\
+import sys, time
+import perftramp
+perftramp.enable(sys.argv[1], directory=sys.argv[3])
+
+def foo(n):
+    s = 0
+    for i in range(n):
+        s += i * i
+    return s
+
+def bar(n):
+    return foo(n)
+
+def baz(n):
+    return bar(n)
+
+deadline = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < deadline:
+    baz(20000)
+print(perftramp.status().jitdump_path)
+"""
+
+HEADER = struct.Struct("=IIIIIIQQ")
+PREFIX = struct.Struct("=IIQ")
+CODE_LOAD, DEBUG_INFO, UNWINDING_INFO = 0, 2, 4
+
+
+def read_dump(path: Path):
+    """A minimal independent reader: header fields and (id, body) of each record."""
+    data = path.read_bytes()
+    header = HEADER.unpack_from(data, 0)
+    records = []
+    pos = header[2]
+    while pos + PREFIX.size <= len(data):
+        rid, size, _ts = PREFIX.unpack_from(data, pos)
+        if size < PREFIX.size:  # zero filler of a live or killed process
+            break
+        records.append((rid, data[pos + PREFIX.size: pos + size]))
+        pos += size
+    return header, records
+
+
+def load_names(records):
+    names = []
+    for rid, body in records:
+        if rid == CODE_LOAD:
+            name_end = body.index(b"\0", 40)
+            names.append(body[40:name_end].decode())
+    return names
+
+
+@pytest.fixture
+def jit_workload(tmp_path: Path) -> Path:
+    path = tmp_path / "jit_workload.py"
+    path.write_text(JIT_WORKLOAD)
+    return path
+
+
+@pytest.mark.perf
+def test_full_python_stacks_without_frame_pointers(perf, jit_workload, tmp_path):
+    data = tmp_path / "perf.data"
+    injected = tmp_path / "perf.jit.data"
+    perf_record(perf, data, [sys.executable, str(jit_workload), "jit", "1.5", str(tmp_path)],
+                call_graph="dwarf,65528", extra=["-k", "1"])
+    env = dict(os.environ, **PERF_ENV)
+    inject = subprocess.run([perf, "inject", "--jit", "-i", str(data), "-o", str(injected)],
+                            capture_output=True, text=True, env=env)
+    assert inject.returncode == 0, inject.stderr
+    jitted = sorted(tmp_path.glob("jitted-*.so"))
+    assert jitted, "perf inject wrote no jitted-*.so: it did not find the jitdump"
+    samples = [s for s in perf_script(perf, injected)
+               if py_name("foo", str(jit_workload)) in s.symbols]
+    assert len(samples) >= 200, f"only {len(samples)} samples name py::foo"
+    names = [py_name(q, str(jit_workload)) for q in ("foo", "bar", "baz")]
+
+    def full(symbols):
+        try:
+            positions = [symbols.index(n) for n in names]
+        except ValueError:
+            return False
+        return positions == sorted(positions)
+
+    share = sum(full(s.symbols) for s in samples) / len(samples)
+    print(f"full py::foo <- py::bar <- py::baz stacks: {share:.1%} of {len(samples)}")
+    assert share >= 0.90
+
+
+@pytest.mark.perf
+def test_perf_inject_output_matches_the_stub(perf, jit_workload, tmp_path):
+    """perf inject's ELF files, read with binutils: code, symbol and FDE cover exactly the stub."""
+    data = tmp_path / "perf.data"
+    perf_record(perf, data, [sys.executable, str(jit_workload), "jit", "0.3", str(tmp_path)],
+                call_graph="dwarf,16384", extra=["-k", "1"])
+    env = dict(os.environ, **PERF_ENV)
+    subprocess.run([perf, "inject", "--jit", "-i", str(data), "-o", str(tmp_path / "out.data")],
+                   check=True, capture_output=True, env=env)
+    foo = py_name("foo", str(jit_workload))
+    for so in tmp_path.glob("jitted-*.so"):
+        syms = subprocess.run(["objdump", "-t", str(so)], capture_output=True, text=True).stdout
+        if foo in syms:
+            break
+    else:
+        pytest.fail("no jitted-*.so names py::foo")
+    disasm = subprocess.run(["objdump", "-d", str(so)], capture_output=True, text=True).stdout
+    body = disasm.split(f"<{foo}>:", 1)[1]
+    for instruction in ("endbr64", "push   %rbp", "mov    %rsp,%rbp", "call   *%rcx", "pop    %rbp", "ret"):
+        assert instruction in body, (instruction, body[:400])
+    frames = subprocess.run(["readelf", "--debug-dump=frames", str(so)], capture_output=True, text=True).stdout
+    text_start = int(re.search(r"^\s*([0-9a-f]+) <", disasm, re.M).group(1), 16)
+    fde = re.search(r"FDE cie=\w+ pc=([0-9a-f]+)\.\.([0-9a-f]+)", frames)
+    assert fde, frames
+    assert (int(fde.group(1), 16), int(fde.group(2), 16)) == (text_start, text_start + 12)
+    # The CFA rules of the x86_64 stub, in order.
+    for rule in ("DW_CFA_def_cfa: r7 (rsp) ofs 8", "DW_CFA_def_cfa_offset: 16",
+                 "DW_CFA_offset: r6 (rbp) at cfa-16", "DW_CFA_def_cfa_register: r6 (rbp)"):
+        assert rule in frames, (rule, frames)
+
+
+def test_dump_header_records_and_file_safety(run_python, tmp_path):
+    run = run_python(
+        f"""
+        import perftramp
+        perftramp.enable("jit", directory={str(tmp_path)!r})
+        def foo(): return 1
+        foo()
+        st = perftramp.status()
+        print(st.jitdump_path, st.trampolines, st.executable_bytes_used, st.perf_map_path)
+        perftramp.disable()
+        report_pid()
+        """
+    ).check()
+    path_text, trampolines, used, map_path = run.stdout.split()[:4]
+    path = Path(path_text)
+    assert path == tmp_path / f"jit-{run.pid}.dump"
+    assert map_path == "None"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    header, records = read_dump(path)
+    magic, version, size, mach, _pad, pid, timestamp, flags = header
+    assert (magic, version, size, mach, pid, flags) == (0x4A695444, 1, 40, 62, run.pid, 0)
+    assert timestamp > 0
+    kinds = [rid for rid, _ in records]
+    # Per trampoline: debug info and unwinding info, then its load (disable() itself runs
+    # Python code, so there may be more than status() counted just before).
+    assert len(kinds) % 3 == 0 and len(kinds) // 3 >= int(trampolines)
+    assert kinds == [DEBUG_INFO, UNWINDING_INFO, CODE_LOAD] * (len(kinds) // 3)
+    names = load_names(records)
+    assert py_name("foo", str(tmp_path / "snippet.py")) in names
+    indexes = [struct.unpack_from("=Q", body, 32)[0] for rid, body in records if rid == CODE_LOAD]
+    assert len(set(indexes)) == len(indexes)
+    # Executable memory per jit trampoline: stub + unwind data rounded to 16 (112 on x86_64).
+    assert int(used) == 112 * int(trampolines)
+
+
+def test_debug_info_points_at_the_definition(run_python, tmp_path):
+    run = run_python(
+        f"""
+        import perftramp
+        perftramp.enable("jit", directory={str(tmp_path)!r})
+
+
+        def defined_here(): return 1
+        defined_here()
+        report_pid()
+        print('LINE', defined_here.__code__.co_firstlineno)
+        """
+    ).check()
+    expected = int(re.search(r"LINE (\d+)", run.stdout).group(1))
+    _, records = read_dump(tmp_path / f"jit-{run.pid}.dump")
+    script = str(tmp_path / "snippet.py").encode()
+    for rid, body in records:
+        if rid == DEBUG_INFO and script in body:
+            code_addr, nr = struct.unpack_from("=QQ", body, 0)
+            addr, line, _disc = struct.unpack_from("=QiI", body, 16)
+            if line == expected:
+                assert nr == 2 and addr == code_addr
+                break
+    else:
+        pytest.fail(f"no debug info maps a trampoline to line {expected} of the script")
+
+
+def test_records_of_code_that_ran_survive_sigkill(tmp_path):
+    script = tmp_path / "victim.py"
+    script.write_text(
+        "import os, sys, time, perftramp\n"
+        f"perftramp.enable('jit', directory={str(tmp_path)!r})\n"
+        "def first(): return 1\n"
+        "def second(): return first()\n"
+        "second()\n"
+        "print(os.getpid(), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(proc.stdout.readline())
+        os.kill(pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        proc.kill()
+    _, records = read_dump(tmp_path / f"jit-{pid}.dump")
+    names = load_names(records)
+    assert py_name("first", str(script)) in names and py_name("second", str(script)) in names
+
+
+def test_both_mode_writes_map_and_dump(run_python, tmp_path):
+    run = run_python(
+        f"""
+        import perftramp
+        perftramp.enable("both", directory={str(tmp_path)!r})
+        def foo(): return 1
+        foo()
+        st = perftramp.status()
+        print(st.mode, st.perf_map_path, st.jitdump_path)
+        perftramp.disable()
+        """
+    ).check()
+    mode, map_path, dump_path = run.stdout.split()
+    assert mode == "both"
+    assert "py::foo:" in Path(map_path).read_text()
+    assert any("py::foo:" in n for n in load_names(read_dump(Path(dump_path))[1]))
+    os.unlink(map_path)
+
+
+def test_bad_directory_and_mode_combinations(run_python, tmp_path):
+    run_python(
+        f"""
+        import perftramp
+        missing = {str(tmp_path / "missing")!r}
+        try:
+            perftramp.enable("jit", directory=missing)
+        except OSError as err:
+            assert missing in str(err), err
+        else:
+            raise AssertionError("enabled with a missing directory")
+        assert not perftramp.is_enabled()
+        try:
+            perftramp.enable("map", directory={str(tmp_path)!r})
+        except ValueError as err:
+            assert "directory" in str(err)
+        else:
+            raise AssertionError("map mode accepted directory=")
+        perftramp.enable("jit", directory={str(tmp_path)!r})
+        try:
+            perftramp.enable("map")
+        except perftramp.ConflictError as err:
+            assert "one mode per process" in str(err), err
+        else:
+            raise AssertionError("switched modes")
+        print("ok")
+        """
+    ).check()
+
+
+def test_a_stale_dump_is_replaced_never_written_through(run_python, tmp_path):
+    run = run_python(
+        f"""
+        import perftramp
+        d = {str(tmp_path)!r}
+        path = os.path.join(d, f'jit-{{os.getpid()}}.dump')
+        with open(path, 'wb') as f:
+            f.write(b'OLD-DUMP-BYTES' * 100)
+        os.symlink(os.path.join(d, 'elsewhere'), os.path.join(d, 'link'))
+        perftramp.enable("jit", directory=d)
+        def foo(): return 1
+        foo()
+        perftramp.disable()
+        data = open(path, 'rb').read()
+        assert data[:4] == (0x4A695444).to_bytes(4, sys.byteorder), data[:8]
+        assert b'OLD-DUMP-BYTES' not in data
+        print('ok')
+        """
+    ).check()
+
+
+def test_disk_full_warns_once_and_the_program_finishes(run_python, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(small)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        run = run_python(
+            f"""
+            import perftramp
+            perftramp.enable("jit", directory={str(small)!r})
+            src = '\\n'.join(f'def f{{i}}(): return {{i}}' for i in range(3000))
+            ns = {{}}
+            exec(compile(src, '/tmp/many.py', 'exec'), ns)
+            total = sum(ns[f'f{{i}}']() for i in range(3000))
+            assert total == sum(range(3000)), total
+            st = perftramp.status()
+            assert st.enabled and st.trampolines >= 3000
+            assert any('jitdump' in e for e in st.errors), st.errors
+            print('finished', st.errors)
+            """
+        ).check()
+        assert "finished" in run.stdout
+        warnings = [line for line in run.stderr.splitlines() if line.startswith("perftramp: writing")]
+        assert len(warnings) == 1, run.stderr
+        assert str(small) in warnings[0] and "No space left" in warnings[0]
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
+def test_behaviour_suite_passes_in_jit_mode(tmp_path):
+    """The whole behaviour module again, with jit-mode trampolines (one mode per process)."""
+    here = Path(__file__).parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+         str(here / "test_behaviour.py")],
+        capture_output=True, text=True, env=dict(os.environ, PERFTRAMP_TEST_MODE="jit"),
+        cwd=str(tmp_path), timeout=600,
+    )
+    tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert re.search(r"\d+ passed", tail) and "failed" not in tail, tail
