@@ -15,6 +15,8 @@ from typing import Dict, List, Optional
 
 import pytest
 
+from perftramp._perfscript import Sample, has_chain, parse_perf_script  # noqa: F401 (re-exported)
+
 # perf must never reach for the network or a user's config during tests.
 PERF_ENV = {"DEBUGINFOD_URLS": "", "PERF_CONFIG": "/dev/null"}
 
@@ -92,35 +94,6 @@ def perf() -> str:
             pytest.fail("perf is required here but not runnable (apt-get install linux-perf)")
         pytest.skip("perf is not installed (apt-get install linux-perf)")
     return path
-
-
-@dataclass
-class Sample:
-    """One perf sample: its stack's symbol names, innermost first."""
-
-    symbols: List[str]
-
-
-_FRAME = re.compile(r"^\s+[0-9a-f]+\s+(.*?)(?:\+0x[0-9a-f]+)?\s+\((.*)\)$")
-
-
-def parse_perf_script(text: str) -> List[Sample]:
-    samples: List[Sample] = []
-    current: Optional[List[str]] = None
-    for line in text.splitlines():
-        if not line.strip():
-            if current is not None:
-                samples.append(Sample(current))
-            current = None
-        elif line[0] not in " \t":
-            current = []
-        elif current is not None:
-            match = _FRAME.match(line)
-            if match:
-                current.append(match.group(1))
-    if current is not None:
-        samples.append(Sample(current))
-    return samples
 
 
 def perf_script(perf: str, data: Path) -> List[Sample]:

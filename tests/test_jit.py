@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PERF_ENV, perf_record, perf_script, py_name
+from conftest import PERF_ENV, has_chain, perf_record, perf_script, py_name
 
 JIT_WORKLOAD = """\
 import sys, time
@@ -91,15 +91,7 @@ def test_full_python_stacks_without_frame_pointers(perf, jit_workload, tmp_path)
                if py_name("foo", str(jit_workload)) in s.symbols]
     assert len(samples) >= 200, f"only {len(samples)} samples name py::foo"
     names = [py_name(q, str(jit_workload)) for q in ("foo", "bar", "baz")]
-
-    def full(symbols):
-        try:
-            positions = [symbols.index(n) for n in names]
-        except ValueError:
-            return False
-        return positions == sorted(positions)
-
-    share = sum(full(s.symbols) for s in samples) / len(samples)
+    share = sum(has_chain(s.symbols, names) for s in samples) / len(samples)
     print(f"full py::foo <- py::bar <- py::baz stacks: {share:.1%} of {len(samples)}")
     assert share >= 0.90
 

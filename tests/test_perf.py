@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import interpreter_has_frame_pointers, perf_record, perf_script, py_name
+from conftest import has_chain, interpreter_has_frame_pointers, perf_record, perf_script, py_name
 
 pytestmark = pytest.mark.perf
 
@@ -60,12 +60,7 @@ def test_perf_script_names_python_functions(perf, workload, tmp_path):
 
 
 def full_chain(symbols, script: Path) -> bool:
-    names = [py_name(q, str(script)) for q in ("foo", "bar", "baz")]
-    try:
-        positions = [symbols.index(n) for n in names]
-    except ValueError:
-        return False
-    return positions == sorted(positions)
+    return has_chain(symbols, [py_name(q, str(script)) for q in ("foo", "bar", "baz")])
 
 
 def test_fp_stacks_are_full_on_a_frame_pointer_interpreter(perf, workload, tmp_path):
