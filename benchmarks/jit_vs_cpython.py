@@ -43,7 +43,8 @@ while time.monotonic() < deadline:
 """
 
 MANY = """\
-import sys
+import os, sys
+open(os.path.join(sys.argv[2], "pid"), "w").write(str(os.getpid()))
 if sys.argv[1] == "perftramp":
     import perftramp
     perftramp.enable("jit", directory=sys.argv[2])
@@ -57,7 +58,7 @@ assert sum(ns[f"f{i}"]() for i in range(10000)) == sum(range(10000))
 def command(variant: str, script: Path, workdir: Path) -> list:
     if variant == "perftramp":
         return [sys.executable, str(script), "perftramp", str(workdir)]
-    # CPython writes its jitdump into the current directory.
+    # CPython 3.13 writes its jitdump to /tmp/jit-<pid>.dump whatever the directory.
     return [sys.executable, "-X", "perf_jit", str(script), "cpython", str(workdir)]
 
 
@@ -98,8 +99,13 @@ def inject_seconds(variant: str, tmp: Path) -> float:
     script.write_text(MANY)
     data = record(variant, script, workdir, "dwarf,4096")
     seconds = inject(data)
-    jitted = len(list(workdir.glob("jitted-*.so")))
+    pid = (workdir / "pid").read_text()
+    dump_dir = workdir if variant == "perftramp" else Path("/tmp")
+    jitted = list(dump_dir.glob(f"jitted-{pid}-*.so"))
+    for leftover in jitted + [dump_dir / f"jit-{pid}.dump"]:
+        leftover.unlink(missing_ok=True)
     shutil.rmtree(workdir)
+    jitted = len(jitted)
     if jitted < 10000:
         raise SystemExit(f"{variant}: perf inject wrote only {jitted} jitted files")
     return seconds

@@ -38,6 +38,7 @@ fi
 [ "${#pythons[@]}" -gt 0 ] || { echo "test.sh: no CPython >= 3.9 found" >&2; exit 1; }
 
 first="${pythons[0]}"
+mkdir -p "$root/target"
 echo "== Rust unit tests (cargo test, linked against $first)"
 libdir=$("$first" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')
 PYO3_PYTHON="$first" LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \

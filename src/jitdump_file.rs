@@ -71,7 +71,8 @@ impl JitDumpFile {
         }
         let mut header = Vec::with_capacity(jitdump::HEADER_SIZE);
         jitdump::encode_header(&mut header, arch.elf_machine, pid, monotonic_ns());
-        let mut file = AppendFile::new(file, path, 0)?;
+        let writer = writer_alias(&path, &file).unwrap_or(file);
+        let mut file = AppendFile::new(writer, path, 0)?;
         file.append(&header);
         if let Some(failure) = file.failure() {
             return Err(io::Error::other(failure.to_owned()));
@@ -125,6 +126,30 @@ impl JitDumpFile {
         let _ = self.marker;
         self.file.abandon();
     }
+}
+
+/// The same file opened under another (immediately removed) name, for writing.
+///
+/// perf records the mappings a process makes of any file, executable or not, and perf inject
+/// (6.1 at least) re-reads the whole dump for every mapping of a file named `jit-<pid>.dump`:
+/// writing through mappings of the dump's own name made inject quadratic (136 s instead of 3 s
+/// per 10,000 trampolines). Mappings of this descriptor are named `.jit-<pid>.dump.writer
+/// (deleted)`, which perf ignores. `None` where hard links are not possible (then the dump's
+/// own descriptor is used: correct, only slower to inject).
+fn writer_alias(path: &Path, dump: &File) -> Option<File> {
+    let name = path.file_name()?.to_str()?;
+    let alias = path.with_file_name(format!(".{name}.writer"));
+    std::fs::hard_link(path, &alias).ok()?;
+    let opened = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&alias);
+    let _ = std::fs::remove_file(&alias);
+    let writer = opened.ok()?;
+    // Only if it really is the dump (nobody swapped the name between link and open).
+    let (a, b) = (writer.metadata().ok()?, dump.metadata().ok()?);
+    (a.dev() == b.dev() && a.ino() == b.ino()).then_some(writer)
 }
 
 /// Creates `path` as a new private file (O_EXCL), never writing through what was there: a stale

@@ -327,3 +327,29 @@ def test_behaviour_suite_passes_in_jit_mode(tmp_path):
     tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert re.search(r"\d+ passed", tail) and "failed" not in tail, tail
+
+
+@pytest.mark.perf
+def test_perf_sees_exactly_one_mapping_named_like_the_dump(perf, tmp_path):
+    """perf inject re-reads the whole dump for every mapping of a file named jit-<pid>.dump:
+    the writer's own mappings must not carry that name, or inject becomes quadratic."""
+    script = tmp_path / "many.py"
+    script.write_text(
+        "import os, sys, perftramp\n"
+        f"perftramp.enable('jit', directory={str(tmp_path)!r})\n"
+        "src = '\\n'.join(f'def f{i}(): return {i}' for i in range(1500))\n"
+        "ns = {}\n"
+        "exec(compile(src, 'many.py', 'exec'), ns)\n"
+        "assert sum(ns[f'f{i}']() for i in range(1500)) == sum(range(1500))\n"
+        "print(os.getpid())\n"
+    )
+    data = tmp_path / "perf.data"
+    proc = perf_record(perf, data, [sys.executable, str(script)], call_graph="dwarf,4096",
+                       extra=["-k", "1"], cwd=tmp_path)
+    pid = proc.stdout.split()[-1]
+    dump_size = (tmp_path / f"jit-{pid}.dump").stat().st_size
+    assert dump_size > 4 * 65536, "too few records to need several write windows"
+    env = dict(os.environ, **PERF_ENV)
+    raw = subprocess.run([perf, "report", "-D", "-i", str(data)], capture_output=True, text=True, env=env).stdout
+    named = [line for line in raw.splitlines() if "PERF_RECORD_MMAP" in line and line.endswith(f"jit-{pid}.dump")]
+    assert len(named) == 1 and " r-xp " in named[0], named
