@@ -77,6 +77,20 @@ impl AppendFile {
         self.failure.as_deref()
     }
 
+    /// File offset where the next record goes (the end of the records).
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// The file's bytes from `from` to the end of the records (for a fork child copying what
+    /// its parent wrote).
+    pub fn read_back(&self, from: u64) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut bytes = vec![0u8; self.pos.saturating_sub(from) as usize];
+        self.file.read_exact_at(&mut bytes, from)?;
+        Ok(bytes)
+    }
+
     /// Bytes of records appended by this writer.
     pub fn bytes_written(&self) -> u64 {
         self.bytes_written

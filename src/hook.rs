@@ -97,6 +97,18 @@ unsafe fn make_trampoline(code: *mut PyObject) -> *mut c_void {
     })
 }
 
+/// Makes `code`'s trampoline now if it has none (precompiling before fork). Returns whether one
+/// was made; `None` if none could be.
+///
+/// # Safety
+/// `code` is a live code object; GIL held; [`ensure_extra_index`] returned true.
+pub unsafe fn precompile(code: *mut PyObject) -> Option<bool> {
+    if !cpython::code_extra(code, EXTRA_INDEX.load(Relaxed)).is_null() {
+        return Some(false);
+    }
+    (!make_trampoline(code).is_null()).then_some(true)
+}
+
 /// Makes sure the co_extra index exists. Returns false if CPython has none left.
 ///
 /// # Safety

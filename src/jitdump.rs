@@ -57,6 +57,28 @@ pub fn jit_slot_size(arch: &Arch, unwind: &UnwindInfo) -> usize {
     (align8(code_size(arch)) + unwind.mapped_size()).next_multiple_of(arch.slot_stride)
 }
 
+/// Makes a parent's records describe the same code in a fork child: every record's timestamp
+/// becomes `timestamp` (the code exists in the child from now on) and every CODE_LOAD's pid and
+/// tid become the child's. Returns the length of the complete records at the start of
+/// `records` (anything after, such as zero filler or a torn record, is to be dropped).
+pub fn retarget_records(records: &mut [u8], pid: u32, tid: u32, timestamp: u64) -> usize {
+    let mut pos = 0;
+    while pos + PREFIX_SIZE <= records.len() {
+        let id = u32::from_ne_bytes(records[pos..pos + 4].try_into().expect("4 bytes"));
+        let size = u32::from_ne_bytes(records[pos + 4..pos + 8].try_into().expect("4 bytes")) as usize;
+        if size < PREFIX_SIZE || pos + size > records.len() {
+            break;
+        }
+        records[pos + 8..pos + 16].copy_from_slice(&timestamp.to_ne_bytes());
+        if id == JIT_CODE_LOAD && size >= PREFIX_SIZE + 8 {
+            records[pos + 16..pos + 20].copy_from_slice(&pid.to_ne_bytes());
+            records[pos + 20..pos + 24].copy_from_slice(&tid.to_ne_bytes());
+        }
+        pos += size;
+    }
+    pos
+}
+
 /// The 40-byte file header (flags 0: timestamps are CLOCK_MONOTONIC nanoseconds).
 pub fn encode_header(buf: &mut Vec<u8>, elf_machine: u32, pid: u32, timestamp_ns: u64) {
     let start = buf.len();
@@ -154,6 +176,38 @@ mod tests {
     use crate::arch::{self, x86_64};
     use crate::unwind::unwind_info;
     use linux_perf_data::jitdump::{JitDumpReader, JitDumpRecord, JitDumpRecordType};
+
+    #[test]
+    fn retargeted_records_belong_to_the_child() {
+        let arch = &x86_64::ARCH;
+        let unwind = unwind_info(arch);
+        let mut records = Vec::new();
+        for index in 0..3u64 {
+            let addr = 0x7000_0000 + index * 112;
+            encode_debug_info(&mut records, 5, addr, 20, b"/t.py", 3);
+            encode_unwinding_info(&mut records, 5, &unwind);
+            encode_code_load(&mut records, 100, 101, 5, addr, &salted_code(arch, index, 9), index, b"py::f:/t.py");
+        }
+        let complete = records.len();
+        records.extend_from_slice(&[0u8; 64]); // filler after the last record
+        assert_eq!(retarget_records(&mut records, 200, 201, 77), complete);
+        let mut dump = Vec::new();
+        encode_header(&mut dump, 62, 200, 1);
+        dump.extend_from_slice(&records[..complete]);
+        let mut reader = JitDumpReader::new(&dump[..]).unwrap();
+        let mut loads = 0;
+        while let Some(record) = reader.next_record().unwrap() {
+            assert_eq!(record.timestamp, 77);
+            if let JitDumpRecord::CodeLoad(load) = record.parse().unwrap() {
+                assert_eq!((load.pid, load.tid), (200, 201));
+                loads += 1;
+            }
+        }
+        assert_eq!(loads, 3);
+        // A torn record at the end is left out.
+        let mut torn = records[..complete - 10].to_vec();
+        assert!(retarget_records(&mut torn, 1, 1, 1) < complete - 10);
+    }
 
     #[test]
     fn header_is_40_bytes_and_reads_back() {

@@ -42,6 +42,18 @@ impl JitDumpFile {
     /// Creates the dump for process `pid` in `directory`, writes its header, and maps it
     /// executable so `perf record` sees it.
     pub fn create(directory: &Path, pid: u32, arch: &'static Arch) -> io::Result<Self> {
+        Self::create_with_index(directory, pid, arch, 0)
+    }
+
+    /// The dump of a fork child: code indexes continue after the parent's (its re-emitted
+    /// loads keep theirs), and a new salt keeps the child's new code bytes apart from the
+    /// parent's, which go on from the same index.
+    pub fn create_for_child(&self, pid: u32) -> io::Result<Self> {
+        let directory = self.path().parent().unwrap_or(Path::new("/tmp")).to_owned();
+        Self::create_with_index(&directory, pid, self.arch, self.next_index)
+    }
+
+    fn create_with_index(directory: &Path, pid: u32, arch: &'static Arch, next_index: u64) -> io::Result<Self> {
         let path = path_for(directory, pid);
         let file = create_fresh(&path)?;
         // SAFETY: maps one page of a file we hold open for reading; PROT_EXEC without write is
@@ -82,7 +94,7 @@ impl JitDumpFile {
             arch,
             unwind: unwind::unwind_info(arch),
             salt: random_salt(),
-            next_index: 0,
+            next_index,
             pid,
             marker: marker as usize,
             record: Vec::with_capacity(1024),
@@ -118,6 +130,22 @@ impl JitDumpFile {
 
     pub fn trim(&mut self) {
         self.file.trim();
+    }
+
+    /// This dump's records so far, re-targeted to process `pid` and stamped now, for a fork
+    /// child to re-emit ("persist after fork").
+    pub fn records_for_child(&self, pid: u32) -> io::Result<Vec<u8>> {
+        let mut records = self.file.read_back(jitdump::HEADER_SIZE as u64)?;
+        let complete = jitdump::retarget_records(&mut records, pid, thread_id(), monotonic_ns());
+        records.truncate(complete);
+        Ok(records)
+    }
+
+    /// Appends complete records (from [`Self::records_for_child`]).
+    pub fn append_records(&mut self, records: &[u8]) {
+        if !records.is_empty() {
+            self.file.append(records);
+        }
     }
 
     /// In a fork child: forget the parent's file (the inherited PROT_EXEC mapping is the

@@ -15,6 +15,7 @@ pub mod append_file;
 pub mod arch;
 pub mod arena;
 pub mod cpython;
+pub mod flamegraph;
 pub mod hook;
 pub mod jitdump;
 pub mod jitdump_file;
@@ -78,8 +79,13 @@ fn check_cpython_trampoline(py: Python<'_>) -> PyResult<()> {
 
 /// Turn perftramp on. `mode` is already validated by the Python layer, and again here.
 #[pyfunction]
-#[pyo3(signature = (mode, directory=None))]
-fn enable(py: Python<'_>, mode: &str, directory: Option<std::path::PathBuf>) -> PyResult<()> {
+#[pyo3(signature = (mode, directory=None, persist_after_fork=false))]
+fn enable(
+    py: Python<'_>,
+    mode: &str,
+    directory: Option<std::path::PathBuf>,
+    persist_after_fork: bool,
+) -> PyResult<()> {
     let mode = Mode::parse(mode).ok_or_else(|| {
         PyValueError::new_err(format!("unknown mode {mode:?}; valid modes: {}", Mode::VALID))
     })?;
@@ -88,7 +94,36 @@ fn enable(py: Python<'_>, mode: &str, directory: Option<std::path::PathBuf>) -> 
     }
     let recursion_limit: i32 = py.import("sys")?.call_method0("getrecursionlimit")?.extract()?;
     // SAFETY: we hold the GIL (py).
-    unsafe { profiler::enable(mode, directory.as_deref(), recursion_limit) }.map_err(enable_error)
+    unsafe { profiler::enable(mode, directory.as_deref(), persist_after_fork, recursion_limit) }
+        .map_err(enable_error)
+}
+
+/// Make the trampoline of `code` (a code object) now, if it has none. Returns whether one was
+/// made. perftramp must have been enabled in this process.
+#[pyfunction]
+fn compile_code(code: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let ptr = code.as_ptr();
+    // SAFETY: ptr is a live object borrowed from `code` for this call; the GIL is held.
+    if !unsafe { cpython::is_code(ptr) } {
+        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "expected a code object, got {}",
+            code.get_type().name()?
+        )));
+    }
+    if !profiler::is_set_up() {
+        return Err(PerftrampError::new_err(
+            "perftramp.compile() needs perftramp.enable() first (it decides the mode and the files)",
+        ));
+    }
+    // SAFETY: a live code object, GIL held, and enable() requested the extra index.
+    unsafe { hook::precompile(ptr) }
+        .ok_or_else(|| PerftrampError::new_err("no trampoline could be made (see status().errors)"))
+}
+
+/// Called in a fork child (os.register_at_fork) to open the child's own files right away.
+#[pyfunction]
+fn after_fork_in_child() {
+    profiler::after_fork_in_child();
 }
 
 /// Turn perftramp off; a no-op when it is off.
@@ -158,7 +193,10 @@ fn _perftramp(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(status, m)?)?;
     m.add_function(wrap_pyfunction!(stub_code, m)?)?;
     m.add_function(wrap_pyfunction!(native_arch, m)?)?;
+    m.add_function(wrap_pyfunction!(compile_code, m)?)?;
+    m.add_function(wrap_pyfunction!(after_fork_in_child, m)?)?;
     m.add_function(wrap_pyfunction!(perf_map_path, m)?)?;
+    m.add_function(wrap_pyfunction!(flamegraph::render_flamegraph, m)?)?;
     m.add("VALID_MODES", Mode::VALID)?;
     Ok(())
 }

@@ -42,6 +42,24 @@ impl PerfMap {
         self.file.append(&self.line);
     }
 
+    /// The map's entries so far (blank filler lines dropped), for a fork child to copy.
+    pub fn entries(&self) -> io::Result<Vec<u8>> {
+        let bytes = self.file.read_back(0)?;
+        let mut entries = Vec::with_capacity(bytes.len());
+        for line in bytes.split(|&b| b == b'\n').filter(|line| !line.is_empty()) {
+            entries.extend_from_slice(line);
+            entries.push(b'\n');
+        }
+        Ok(entries)
+    }
+
+    /// Appends complete entries (`entries` output of another map).
+    pub fn append_entries(&mut self, entries: &[u8]) {
+        if !entries.is_empty() {
+            self.file.append(entries);
+        }
+    }
+
     pub fn trim(&mut self) {
         self.file.trim();
     }

@@ -102,6 +102,8 @@ struct Profiler {
     name: Vec<u8>,
     file_name: Vec<u8>,
     pass_through: bool,
+    /// Whether a fork child's files also describe the trampolines it inherited.
+    persist_after_fork: bool,
 }
 
 static PROFILER: Mutex<Option<Profiler>> = Mutex::new(None);
@@ -129,6 +131,7 @@ pub const DEFAULT_JITDUMP_DIR: &str = "/tmp";
 pub unsafe fn enable(
     mode: Mode,
     jitdump_dir: Option<&Path>,
+    persist_after_fork: bool,
     recursion_limit: i32,
 ) -> Result<(), EnableError> {
     if !cfg!(target_os = "linux") {
@@ -167,6 +170,9 @@ pub unsafe fn enable(
             }
         }
         if hook::is_active() {
+            if let Some(profiler) = guard.as_mut() {
+                profiler.persist_after_fork = persist_after_fork;
+            }
             return Ok(());
         }
     }
@@ -184,6 +190,7 @@ pub unsafe fn enable(
     hook::activate();
     if let Some(profiler) = guard.as_mut() {
         profiler.pass_through = false;
+        profiler.persist_after_fork = persist_after_fork;
     }
     Ok(())
 }
@@ -205,6 +212,19 @@ pub unsafe fn disable() {
         // Leave exactly the entries in the file while off.
         profiler.trim_files();
     }
+}
+
+/// Acts on a fork now rather than at the next new function (called from
+/// `os.register_at_fork(after_in_child=...)`), so a child that only runs inherited code still
+/// gets its own files.
+pub fn after_fork_in_child() {
+    let mut guard = lock();
+    after_fork_if_needed(&mut guard);
+}
+
+/// Whether perftramp has been enabled in this process (trampolines can be made ahead of time).
+pub fn is_set_up() -> bool {
+    lock().is_some()
 }
 
 pub fn is_enabled() -> bool {
@@ -302,6 +322,7 @@ impl Profiler {
             name: Vec::with_capacity(names::MAX_NAME),
             file_name: Vec::with_capacity(names::MAX_NAME),
             pass_through: false,
+            persist_after_fork: false,
         })
     }
 
@@ -361,9 +382,20 @@ impl Profiler {
     fn reopen_after_fork(&mut self) {
         self.pid = current_pid();
         if let Some(old) = self.perf_map.take() {
+            // With persist_after_fork, the child's map also names every inherited trampoline.
+            let inherited = if self.persist_after_fork { old.entries() } else { Ok(Vec::new()) };
             old.abandon();
             match PerfMap::open(self.pid) {
-                Ok(map) => self.perf_map = Some(map),
+                Ok(mut map) => {
+                    match inherited {
+                        Ok(entries) => map.append_entries(&entries),
+                        Err(err) => eprintln!(
+                            "perftramp: in fork child {}: cannot copy the parent's perf map: {err}",
+                            self.pid
+                        ),
+                    }
+                    self.perf_map = Some(map)
+                }
                 Err(err) => {
                     eprintln!(
                         "perftramp: in fork child {}: {err}; no perf map is written",
@@ -374,9 +406,21 @@ impl Profiler {
             }
         }
         if let Some(old) = self.jitdump.take() {
+            let inherited =
+                if self.persist_after_fork { old.records_for_child(self.pid) } else { Ok(Vec::new()) };
+            let created = old.create_for_child(self.pid);
             old.abandon();
-            match JitDumpFile::create(&self.jitdump_dir, self.pid, self.arch) {
-                Ok(dump) => self.jitdump = Some(dump),
+            match created {
+                Ok(mut dump) => {
+                    match inherited {
+                        Ok(records) => dump.append_records(&records),
+                        Err(err) => eprintln!(
+                            "perftramp: in fork child {}: cannot copy the parent's jitdump: {err}",
+                            self.pid
+                        ),
+                    }
+                    self.jitdump = Some(dump)
+                }
                 Err(err) => {
                     eprintln!("perftramp: in fork child {}: {err}; no jitdump is written", self.pid);
                     self.exec_failure.get_or_insert_with(|| format!("jitdump after fork: {err}"));

@@ -8,10 +8,14 @@ its name, ``py::<qualname>:<filename>``, into ``/tmp/perf-<pid>.map``, so ``perf
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
+import signal
 import sys
+import threading
+import types
 from dataclasses import dataclass
-from typing import Iterator, Optional, Tuple, Union
+from typing import Any, Callable, Iterator, Optional, Set, Tuple, Union
 
 __all__ = [
     "MODES",
@@ -19,11 +23,15 @@ __all__ = [
     "PerftrampError",
     "Status",
     "UnsupportedError",
+    "compile",
+    "compile_all",
     "disable",
     "enable",
     "enabled",
+    "install_signal_toggle",
     "is_enabled",
     "status",
+    "uninstall_signal_toggle",
 ]
 
 __version__ = "0.1.0"
@@ -101,7 +109,12 @@ def _normalize_mode(mode: str) -> str:
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def enable(mode: str = "map", *, directory: Optional[PathLike] = None) -> None:
+def enable(
+    mode: str = "map",
+    *,
+    directory: Optional[PathLike] = None,
+    persist_after_fork: bool = False,
+) -> None:
     """Give every Python function that starts running from now on its own perf-visible frame.
 
     ``mode="map"`` (alias ``"perf"``) writes ``/tmp/perf-<pid>.map``: names for ``perf report``
@@ -110,6 +123,11 @@ def enable(mode: str = "map", *, directory: Optional[PathLike] = None) -> None:
     --call-graph dwarf`` and ``perf inject --jit``: full Python stacks on interpreters built
     without frame pointers. ``mode="both"`` writes both. Enabling again in the same mode is a
     no-op; one process uses one mode.
+
+    A fork child always writes its own files (``/tmp/perf-<childpid>.map``,
+    ``jit-<childpid>.dump``), never its parent's. By default they hold only what the child
+    creates; with ``persist_after_fork=True`` they also describe every trampoline the child
+    inherited (use it with :func:`compile_all` in pre-fork servers).
 
     Raises ValueError for an unknown mode, :class:`UnsupportedError` on a platform or
     interpreter perftramp cannot hook, :class:`ConflictError` when CPython's own perf trampoline
@@ -124,7 +142,7 @@ def enable(mode: str = "map", *, directory: Optional[PathLike] = None) -> None:
                 "/tmp/perf-<pid>.map, where perf looks for it"
             )
         directory = os.fspath(directory)
-    _require_native().enable(normalized, directory)
+    _require_native().enable(normalized, directory, bool(persist_after_fork))
 
 
 def disable() -> None:
@@ -148,6 +166,129 @@ def status() -> Status:
     raw = native.status()
     raw["errors"] = tuple(raw["errors"])
     return Status(**raw)
+
+
+def _code_of(obj: Any) -> types.CodeType:
+    if isinstance(obj, types.CodeType):
+        return obj
+    for attr in ("__code__", "__func__"):
+        inner = getattr(obj, attr, None)
+        if inner is not None:
+            return _code_of(inner)
+    raise TypeError(f"expected a function, method or code object, got {type(obj).__name__}")
+
+
+def _nested_code(code: types.CodeType, seen: Set[int]) -> Iterator[types.CodeType]:
+    if id(code) in seen:
+        return
+    seen.add(id(code))
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _nested_code(const, seen)
+
+
+def compile(obj: Any) -> int:  # noqa: A001 - the name says what it does, like builtins.compile
+    """Make trampolines now for a function, method or code object and the code nested in it.
+
+    Returns how many were made (0 if they all existed). perftramp must be enabled first.
+    """
+    native = _require_native()
+    return sum(native.compile_code(code) for code in _nested_code(_code_of(obj), set()))
+
+
+def compile_all() -> int:
+    """Make trampolines now for every Python function alive (and the code nested in them).
+
+    For pre-fork servers (gunicorn, uwsgi, multiprocessing): call it in the parent after
+    imports, with ``enable(..., persist_after_fork=True)``, so workers share the trampoline
+    pages and their files are written in one copy instead of one entry per function per worker
+    (cpython issue 109587). Returns how many trampolines were made.
+    """
+    native = _require_native()
+    made = 0
+    seen: Set[int] = set()
+    for obj in gc.get_objects():
+        if isinstance(obj, types.FunctionType):
+            for code in _nested_code(obj.__code__, seen):
+                made += native.compile_code(code)
+    return made
+
+
+# --- signal toggle ------------------------------------------------------------------------------
+
+_toggle_lock = threading.Lock()
+_toggle: Optional[Tuple[int, Any, str, Optional[PathLike]]] = None  # signum, previous, mode, dir
+
+
+def _on_toggle_signal(signum: int, frame: Optional[types.FrameType]) -> None:
+    # Python runs signal handlers in the main thread between bytecodes, whatever thread the
+    # signal was delivered to, so enable/disable run where they are safe. Never raise into the
+    # interrupted program: report on stderr instead.
+    current = _toggle
+    if current is None:
+        return
+    _, _, mode, directory = current
+    try:
+        if is_enabled():
+            disable()
+            state = "off"
+        else:
+            enable(mode, directory=directory)
+            state = f"on ({mode})"
+        print(f"perftramp: signal {signum}: profiling support {state} in pid {os.getpid()}",
+              file=sys.stderr, flush=True)
+    except Exception as err:  # noqa: BLE001 - a toggle must never break the program
+        print(f"perftramp: signal {signum}: could not toggle: {err}", file=sys.stderr, flush=True)
+
+
+def install_signal_toggle(
+    signum: Union[int, signal.Signals] = signal.SIGUSR2,
+    mode: str = "jit",
+    *,
+    directory: Optional[PathLike] = None,
+) -> Any:
+    """Make each delivery of ``signum`` turn perftramp on (in ``mode``) or off.
+
+    For live servers: start with the toggle installed and perftramp off (zero cost), then
+    ``kill -USR2 <pid>`` (or ``python -m perftramp toggle <pid>``) before and after
+    ``perf record -p <pid>``. Returns the previous handler. Call from the main thread (Python's
+    rule for signal handlers). If the application uses SIGUSR2 itself, pass another signal,
+    e.g. ``signal.SIGRTMIN + 1`` or ``signal.SIGPROF`` if nothing profiles with it.
+    """
+    normalized = _normalize_mode(mode)
+    if directory is not None and normalized == "map":
+        raise ValueError("directory= places the jitdump (mode='jit' or 'both')")
+    global _toggle
+    with _toggle_lock:
+        if threading.current_thread() is not threading.main_thread():
+            raise ValueError("install_signal_toggle() must be called from the main thread "
+                             "(Python only lets the main thread set signal handlers)")
+        previous = signal.signal(signum, _on_toggle_signal)
+        if _toggle is not None and _toggle[0] == int(signum):
+            previous = _toggle[1]  # re-installing: keep the original handler to restore
+        _toggle = (int(signum), previous, normalized, directory)
+    return previous
+
+
+def uninstall_signal_toggle() -> None:
+    """Remove the toggle and restore the handler it replaced (perftramp's state is unchanged)."""
+    global _toggle
+    with _toggle_lock:
+        if _toggle is None:
+            return
+        signum, previous, _, _ = _toggle
+        signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        _toggle = None
+
+
+def _after_fork_in_child() -> None:
+    if _native is not None:
+        _native.after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @contextlib.contextmanager
