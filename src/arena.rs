@@ -28,9 +28,11 @@ pub fn slots_per_arena(arena_size: usize, slot_size: usize) -> usize {
     arena_size / slot_size
 }
 
-/// Bump allocator over a growing list of read-execute arenas.
+/// Bump allocator over a growing list of read-execute arenas of equal-sized slots.
 pub struct ExecMemory {
     arch: &'static Arch,
+    /// Bytes per slot: the arch's stride in map mode, stub + unwind room in jit mode.
+    slot_size: usize,
     /// Start of the current arena and the offset of its next free byte.
     current: Option<(NonNull<u8>, usize)>,
     /// Bytes of executable memory mapped so far (never decreases).
@@ -44,8 +46,13 @@ pub struct ExecMemory {
 unsafe impl Send for ExecMemory {}
 
 impl ExecMemory {
-    pub fn new(arch: &'static Arch) -> Self {
-        ExecMemory { arch, current: None, mapped_bytes: 0, used_bytes: 0 }
+    pub fn new(arch: &'static Arch, slot_size: usize) -> Self {
+        assert!(slot_size >= arch.code.len() && slot_size % 16 == 0 && slot_size <= ARENA_SIZE);
+        ExecMemory { arch, slot_size, current: None, mapped_bytes: 0, used_bytes: 0 }
+    }
+
+    pub fn slot_size(&self) -> usize {
+        self.slot_size
     }
 
     pub fn arch(&self) -> &'static Arch {
@@ -60,13 +67,13 @@ impl ExecMemory {
         self.used_bytes
     }
 
-    /// Returns the address of a fresh slot of `slot_size` bytes (a multiple of the arch's
-    /// stride), whose first bytes are the stub. Maps a new arena when the current one is full.
-    pub fn allocate(&mut self, slot_size: usize) -> io::Result<NonNull<u8>> {
-        debug_assert!(slot_size > 0 && slot_size % self.arch.slot_stride == 0);
+    /// Returns the address of a fresh slot, whose first bytes are the stub. Maps a new arena
+    /// when the current one is full.
+    pub fn allocate(&mut self) -> io::Result<NonNull<u8>> {
+        let slot_size = self.slot_size;
         let (base, used) = match self.current {
             Some((base, used)) if used + slot_size <= ARENA_SIZE => (base, used),
-            _ => (map_arena(self.arch, ARENA_SIZE)?, 0),
+            _ => (map_arena(self.arch, slot_size, ARENA_SIZE)?, 0),
         };
         if used == 0 {
             self.mapped_bytes += ARENA_SIZE;
@@ -78,8 +85,9 @@ impl ExecMemory {
     }
 }
 
-/// Maps `size` bytes, fills them with the arch's slot template, and makes them read-execute.
-fn map_arena(arch: &Arch, size: usize) -> io::Result<NonNull<u8>> {
+/// Maps `size` bytes, fills them with traps and a stub at the start of every `slot_size` slot,
+/// and makes them read-execute.
+fn map_arena(arch: &Arch, slot_size: usize, size: usize) -> io::Result<NonNull<u8>> {
     // SAFETY: an anonymous private mapping with no address hint cannot alias existing memory.
     let ptr = unsafe {
         libc::mmap(
@@ -98,9 +106,7 @@ fn map_arena(arch: &Arch, size: usize) -> io::Result<NonNull<u8>> {
     {
         // SAFETY: the mapping is `size` bytes, readable and writable, and ours alone.
         let bytes = unsafe { std::slice::from_raw_parts_mut(base, size) };
-        for slot in bytes.chunks_exact_mut(arch.slot_stride) {
-            slot.copy_from_slice(arch.slot_template);
-        }
+        fill_arena(arch, slot_size, bytes);
     }
     // SAFETY: [base, base+size) is the mapping made above.
     if unsafe { libc::mprotect(ptr, size, libc::PROT_READ | libc::PROT_EXEC) } != 0 {
@@ -113,6 +119,17 @@ fn map_arena(arch: &Arch, size: usize) -> io::Result<NonNull<u8>> {
     unsafe { arch::flush_instruction_cache(base, size) };
     // SAFETY: mmap never returns null on success without MAP_FIXED.
     Ok(unsafe { NonNull::new_unchecked(base) })
+}
+
+/// Trap instructions everywhere, then the stub at the start of each whole slot. Pure, so the
+/// layout is unit-tested for every arch on any host.
+pub fn fill_arena(arch: &Arch, slot_size: usize, bytes: &mut [u8]) {
+    for chunk in bytes.chunks_mut(arch.trap.len()) {
+        chunk.copy_from_slice(&arch.trap[..chunk.len()]);
+    }
+    for slot in bytes.chunks_exact_mut(slot_size) {
+        slot[..arch.code.len()].copy_from_slice(arch.code);
+    }
 }
 
 #[cfg(test)]
@@ -128,22 +145,38 @@ mod tests {
         assert_eq!(slots_per_arena(ARENA_SIZE, 48), 1365);
     }
 
+    #[test]
+    fn map_slots_are_exactly_the_template_and_jit_slots_start_with_the_stub() {
+        for arch in arch::ALL {
+            let mut bytes = vec![0u8; 4096];
+            fill_arena(arch, arch.slot_stride, &mut bytes);
+            for slot in bytes.chunks_exact(arch.slot_stride) {
+                assert_eq!(slot, arch.slot_template, "{}", arch.name);
+            }
+            fill_arena(arch, 96, &mut bytes);
+            for slot in bytes.chunks_exact(96) {
+                assert_eq!(&slot[..arch.code.len()], arch.code);
+                assert!(slot[arch.code.len()..].chunks(arch.trap.len()).all(|t| t == arch.trap));
+            }
+        }
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn slots_hold_the_stub_and_arenas_grow() {
         let arch = arch::native().unwrap();
-        let mut mem = ExecMemory::new(arch);
-        let first = mem.allocate(16).unwrap();
-        let second = mem.allocate(16).unwrap();
+        let mut mem = ExecMemory::new(arch, 16);
+        let first = mem.allocate().unwrap();
+        let second = mem.allocate().unwrap();
         assert_eq!(second.as_ptr() as usize - first.as_ptr() as usize, 16);
         // SAFETY: slots are mapped readable.
         let code = unsafe { std::slice::from_raw_parts(second.as_ptr(), 16) };
         assert_eq!(code, arch.slot_template);
         for _ in 2..4096 {
-            mem.allocate(16).unwrap();
+            mem.allocate().unwrap();
         }
         assert_eq!(mem.mapped_bytes(), ARENA_SIZE);
-        mem.allocate(16).unwrap();
+        mem.allocate().unwrap();
         assert_eq!(mem.mapped_bytes(), 2 * ARENA_SIZE);
         assert_eq!(mem.used_bytes(), 4097 * 16);
     }

@@ -104,16 +104,93 @@ pub unsafe fn new_code_extra_index() -> Option<Py_ssize_t> {
     }
 }
 
+/// Offset of `co_extra` in `PyCodeObject` (Include/cpython/code.h; computed with offsetof
+/// against each minor version's headers). Reading it directly saves the hot path a call through
+/// the PLT into libpython per Python call. `None`: always use the API. The offset is checked
+/// against the API at enable ([`verify_direct_code_extra`]) before it is used.
+#[cfg(not(Py_3_11))]
+const CO_EXTRA_OFFSET: Option<usize> = Some(144);
+#[cfg(all(Py_3_11, not(Py_3_12)))]
+const CO_EXTRA_OFFSET: Option<usize> = Some(176);
+#[cfg(all(Py_3_12, not(Py_3_13)))]
+const CO_EXTRA_OFFSET: Option<usize> = Some(184);
+#[cfg(all(Py_3_13, not(Py_3_14)))]
+const CO_EXTRA_OFFSET: Option<usize> = Some(192);
+#[cfg(Py_3_14)]
+const CO_EXTRA_OFFSET: Option<usize> = None;
+
+/// CPython's `_PyCodeObjectExtra`, the same in every version.
+#[repr(C)]
+struct CodeObjectExtra {
+    ce_size: Py_ssize_t,
+    ce_extras: [*mut c_void; 1],
+}
+
+static DIRECT_CODE_EXTRA: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The pointer stored in `code`'s extra slot `index`, if any.
 ///
 /// # Safety
 /// `code` is a live code object, `index` came from [`new_code_extra_index`]; GIL held.
 #[inline(always)]
 pub unsafe fn code_extra(code: *mut PyObject, index: Py_ssize_t) -> *mut c_void {
+    if let Some(offset) = CO_EXTRA_OFFSET {
+        if DIRECT_CODE_EXTRA.load(std::sync::atomic::Ordering::Relaxed) {
+            // What _PyCode_GetExtra does, inline (layout verified at enable).
+            let extra = *(code as *const u8).add(offset).cast::<*const CodeObjectExtra>();
+            if extra.is_null() || index >= (*extra).ce_size {
+                return ptr::null_mut();
+            }
+            return *(&raw const (*extra).ce_extras).cast::<*mut c_void>().offset(index);
+        }
+    }
     let mut extra = ptr::null_mut();
     // With a valid index and a code object this cannot fail; a failure leaves extra null.
     code_get_extra(code, index, &mut extra);
     extra
+}
+
+/// Whether the hot path reads `co_extra` directly (layout verified) rather than through the API.
+pub fn direct_code_extra() -> bool {
+    DIRECT_CODE_EXTRA.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Whether the C-recursion refund is on (3.12/3.13, layout verified).
+pub fn c_recursion_refund() -> bool {
+    #[cfg(all(Py_3_12, not(Py_3_14)))]
+    return REFUND_C_RECURSION.load(std::sync::atomic::Ordering::Relaxed);
+    #[cfg(not(all(Py_3_12, not(Py_3_14))))]
+    false
+}
+
+/// Checks the direct `co_extra` read against CPython's API on a fresh code object and turns it
+/// on if they agree (else the API is used). Returns whether the direct read is on.
+///
+/// # Safety
+/// GIL held; `index` came from [`new_code_extra_index`].
+pub unsafe fn verify_direct_code_extra(index: Py_ssize_t) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    if CO_EXTRA_OFFSET.is_none() || DIRECT_CODE_EXTRA.load(Relaxed) {
+        return DIRECT_CODE_EXTRA.load(Relaxed);
+    }
+    let saved = SavedError::take();
+    let code = ffi::Py_CompileString(c"0".as_ptr(), c"<perftramp layout check>".as_ptr(), ffi::Py_eval_input);
+    let mut ok = false;
+    if is_code(code) {
+        let sentinel = 0x5eed_usize as *mut c_void;
+        DIRECT_CODE_EXTRA.store(true, Relaxed);
+        let empty = code_extra(code, index).is_null();
+        let set = code_set_extra(code, index, sentinel) == 0;
+        let seen = code_extra(code, index);
+        ok = empty && set && seen == sentinel;
+        code_set_extra(code, index, ptr::null_mut());
+        DIRECT_CODE_EXTRA.store(false, Relaxed);
+    }
+    ffi::Py_XDECREF(code);
+    ffi::PyErr_Clear();
+    saved.restore();
+    DIRECT_CODE_EXTRA.store(ok, Relaxed);
+    ok
 }
 
 /// Stores `value` in `code`'s extra slot `index`; false (with no exception left set) on failure.

@@ -119,6 +119,7 @@ pub unsafe fn ensure_extra_index() -> bool {
     }
     match cpython::new_code_extra_index() {
         Some(index) => {
+            cpython::verify_direct_code_extra(index);
             EXTRA_INDEX.store(index, Relaxed);
             true
         }

@@ -32,8 +32,10 @@ pub const JIT_CODE_CLOSE: u32 = 3;
 pub const JIT_CODE_UNWINDING_INFO: u32 = 4;
 /// id, total_size, timestamp.
 const PREFIX_SIZE: usize = 16;
-/// Bytes of salt after the stub in the dumped code: a u64, so indices never wrap.
-pub const SALT_LEN: usize = 8;
+/// Bytes of salt after the stub in the dumped code. Four keep x86_64's code_size at 16, so a
+/// jit slot is the stub plus its unwind data rounded to 16 (96 bytes); indices are unique for
+/// 2^32 trampolines per process.
+pub const SALT_LEN: usize = 4;
 
 /// The `code_size` reported in every CODE_LOAD of `arch`: the stub followed by the salt.
 pub fn code_size(arch: &Arch) -> usize {
@@ -41,20 +43,19 @@ pub fn code_size(arch: &Arch) -> usize {
 }
 
 /// The bytes written into the dump for trampoline `index`: `arch.code`, then
-/// `(salt ^ index)` little-endian. XOR with a fixed salt is a bijection, so indices of one process
-/// never collide; a random per-process `salt` keeps processes apart (equal only with
-/// probability ~n²/2⁶⁴).
+/// `(salt ^ index)` as a little-endian u32. XOR with a fixed salt is a bijection, so indices of
+/// one process never collide (below 2^32); a random per-process `salt` keeps processes apart.
 pub fn salted_code(arch: &Arch, index: u64, salt: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(code_size(arch));
     out.extend_from_slice(arch.code);
-    out.extend_from_slice(&(salt ^ index).to_le_bytes());
+    out.extend_from_slice(&((salt ^ index) as u32).to_le_bytes());
     out
 }
 
 /// Bytes per trampoline in jit mode: `align8(code_size) + mapped_size` (what perf inject maps
-/// for each load) rounded up to `arch.slot_stride`, so consecutive mapped ranges never overlap.
+/// for each load) rounded up to 16, so consecutive mapped ranges never overlap.
 pub fn jit_slot_size(arch: &Arch, unwind: &UnwindInfo) -> usize {
-    (align8(code_size(arch)) + unwind.mapped_size()).next_multiple_of(arch.slot_stride)
+    (align8(code_size(arch)) + unwind.mapped_size()).next_multiple_of(16).max(arch.slot_stride)
 }
 
 /// Makes a parent's records describe the same code in a fork child: every record's timestamp
@@ -183,7 +184,7 @@ mod tests {
         let unwind = unwind_info(arch);
         let mut records = Vec::new();
         for index in 0..3u64 {
-            let addr = 0x7000_0000 + index * 112;
+            let addr = 0x7000_0000 + index * 96;
             encode_debug_info(&mut records, 5, addr, 20, b"/t.py", 3);
             encode_unwinding_info(&mut records, 5, &unwind);
             encode_code_load(&mut records, 100, 101, 5, addr, &salted_code(arch, index, 9), index, b"py::f:/t.py");
@@ -242,7 +243,7 @@ mod tests {
         for arch in arch::ALL {
             let unwind = unwind_info(arch);
             let slot = jit_slot_size(arch, &unwind);
-            assert_eq!(slot % arch.slot_stride, 0, "{}", arch.name);
+            assert_eq!(slot % 16, 0, "{}", arch.name);
             // perf inject's mapping of load i, [addr, addr + align8(code_size) + mapped_size),
             // ends before load i+1 starts at addr + slot.
             assert!(align8(code_size(arch)) + unwind.mapped_size() <= slot, "{}", arch.name);
@@ -251,7 +252,7 @@ mod tests {
         let unwind = unwind_info(&x86_64::ARCH);
         assert_eq!(
             jit_slot_size(&x86_64::ARCH, &unwind),
-            112,
+            96,
             "mapped_size {}",
             unwind.mapped_size()
         );

@@ -175,6 +175,16 @@ fn native_arch() -> Option<&'static str> {
     arch::native().map(|a| a.name)
 }
 
+/// Which version-specific fast paths are on (each is verified against CPython at enable).
+#[pyfunction]
+fn diagnostics(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("direct_code_extra", cpython::direct_code_extra())?;
+    d.set_item("c_recursion_refund", cpython::c_recursion_refund())?;
+    d.set_item("stack_guard", true)?;
+    Ok(d)
+}
+
 /// Where this process's perf map is (or would be) written.
 #[pyfunction]
 fn perf_map_path() -> String {
@@ -194,6 +204,7 @@ fn _perftramp(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(stub_code, m)?)?;
     m.add_function(wrap_pyfunction!(native_arch, m)?)?;
     m.add_function(wrap_pyfunction!(compile_code, m)?)?;
+    m.add_function(wrap_pyfunction!(diagnostics, m)?)?;
     m.add_function(wrap_pyfunction!(after_fork_in_child, m)?)?;
     m.add_function(wrap_pyfunction!(perf_map_path, m)?)?;
     m.add_function(wrap_pyfunction!(flamegraph::render_flamegraph, m)?)?;

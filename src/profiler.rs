@@ -90,7 +90,6 @@ struct Profiler {
     mode: Mode,
     arch: &'static Arch,
     memory: ExecMemory,
-    slot_size: usize,
     perf_map: Option<PerfMap>,
     jitdump: Option<JitDumpFile>,
     jitdump_dir: PathBuf,
@@ -311,8 +310,7 @@ impl Profiler {
         Ok(Profiler {
             mode,
             arch,
-            memory: ExecMemory::new(arch),
-            slot_size,
+            memory: ExecMemory::new(arch, slot_size),
             perf_map,
             jitdump,
             jitdump_dir: jitdump_dir.to_owned(),
@@ -330,7 +328,7 @@ impl Profiler {
         if self.exec_failure.is_some() {
             return None;
         }
-        let slot = match self.memory.allocate(self.slot_size) {
+        let slot = match self.memory.allocate() {
             Ok(slot) => slot,
             Err(err) => {
                 eprintln!(

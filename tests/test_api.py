@@ -207,3 +207,12 @@ def test_native_arch_matches_the_machine():
 
     expected = {"x86_64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}.get(platform.machine())
     assert _perftramp.native_arch() == expected
+
+
+def test_version_fast_paths_are_verified_and_on():
+    """The hot path's direct co_extra read (3.9-3.13) and the C-recursion refund (3.12/3.13)
+    are checked against CPython at enable; on the interpreters tested here both must be on."""
+    perftramp.enable()
+    diag = _perftramp.diagnostics()
+    assert diag["direct_code_extra"] is (sys.version_info < (3, 14))
+    assert diag["c_recursion_refund"] is ((3, 12) <= sys.version_info < (3, 14))

@@ -158,8 +158,8 @@ def test_dump_header_records_and_file_safety(run_python, tmp_path):
     assert py_name("foo", str(tmp_path / "snippet.py")) in names
     indexes = [struct.unpack_from("=Q", body, 32)[0] for rid, body in records if rid == CODE_LOAD]
     assert len(set(indexes)) == len(indexes)
-    # Executable memory per jit trampoline: stub + unwind data rounded to 16 (112 on x86_64).
-    assert int(used) == 112 * int(trampolines)
+    # Executable memory per jit trampoline: stub + unwind data rounded to 16 (96 on x86_64).
+    assert int(used) == 96 * int(trampolines)
 
 
 def test_debug_info_points_at_the_definition(run_python, tmp_path):

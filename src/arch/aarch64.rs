@@ -46,6 +46,7 @@ pub static ARCH: Arch = Arch {
     code: &CODE,
     slot_template: &SLOT_TEMPLATE,
     slot_stride: 32,
+    trap: &BRK0,
     return_address_register: X30,
     code_alignment_factor: 4,
     data_alignment_factor: -8,

@@ -38,9 +38,11 @@ pub struct Arch {
     /// Exact bytes copied into every slot: `code` followed by trapping padding up to
     /// `slot_stride`. Slots of any mode start on a multiple of `slot_stride`.
     pub slot_template: &'static [u8],
-    /// Distance between consecutive stub copies in an arena; a multiple of 16 that holds the
-    /// whole stub (slots never split it).
+    /// Size of a map-mode slot: a multiple of 16 that holds the whole stub (slots never split
+    /// it). Jit-mode slots are larger (room for unwind data) but also multiples of 16.
     pub slot_stride: usize,
+    /// One trapping instruction; arenas are filled with it around the stubs.
+    pub trap: &'static [u8],
     /// DWARF number of the return-address column.
     pub return_address_register: u16,
     /// DWARF code and data alignment factors for this architecture's CIE.
@@ -99,6 +101,8 @@ mod tests {
             assert!(arch.code.len() <= arch.slot_stride, "{}: stub split across slots", arch.name);
             assert_eq!(arch.slot_template.len(), arch.slot_stride, "{}", arch.name);
             assert_eq!(&arch.slot_template[..arch.code.len()], arch.code, "{}", arch.name);
+            assert_eq!((arch.slot_template.len() - arch.code.len()) % arch.trap.len(), 0);
+            assert!(arch.slot_template[arch.code.len()..].chunks(arch.trap.len()).all(|t| t == arch.trap));
             assert_eq!(arch.unwind.first().map(|r| r.offset), Some(0), "{}", arch.name);
             assert!(
                 arch.unwind.windows(2).all(|w| w[0].offset < w[1].offset),

@@ -43,6 +43,7 @@ pub static ARCH: Arch = Arch {
     code: &CODE,
     slot_template: &SLOT_TEMPLATE,
     slot_stride: 16,
+    trap: &[0xcc], // int3
     return_address_register: RIP,
     code_alignment_factor: 1,
     data_alignment_factor: -8,
