@@ -128,21 +128,21 @@ struct CodeObjectExtra {
 
 static DIRECT_CODE_EXTRA: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// The pointer stored in `code`'s extra slot `index`, if any.
+/// The pointer stored in `code`'s extra slot `index`, if any. `DIRECT`: read `co_extra` at
+/// [`CO_EXTRA_OFFSET`] (only once [`verify_direct_code_extra`] said the layout matches);
+/// otherwise call CPython's API.
 ///
 /// # Safety
 /// `code` is a live code object, `index` came from [`new_code_extra_index`]; GIL held.
 #[inline(always)]
-pub unsafe fn code_extra(code: *mut PyObject, index: Py_ssize_t) -> *mut c_void {
-    if let Some(offset) = CO_EXTRA_OFFSET {
-        if DIRECT_CODE_EXTRA.load(std::sync::atomic::Ordering::Relaxed) {
-            // What _PyCode_GetExtra does, inline (layout verified at enable).
-            let extra = *(code as *const u8).add(offset).cast::<*const CodeObjectExtra>();
-            if extra.is_null() || index >= (*extra).ce_size {
-                return ptr::null_mut();
-            }
-            return *(&raw const (*extra).ce_extras).cast::<*mut c_void>().offset(index);
+pub unsafe fn code_extra<const DIRECT: bool>(code: *mut PyObject, index: Py_ssize_t) -> *mut c_void {
+    if let (true, Some(offset)) = (DIRECT, CO_EXTRA_OFFSET) {
+        // What _PyCode_GetExtra does, inline.
+        let extra = *(code as *const u8).add(offset).cast::<*const CodeObjectExtra>();
+        if extra.is_null() || index >= (*extra).ce_size {
+            return ptr::null_mut();
         }
+        return *(&raw const (*extra).ce_extras).cast::<*mut c_void>().offset(index);
     }
     let mut extra = ptr::null_mut();
     // With a valid index and a code object this cannot fail; a failure leaves extra null.
@@ -153,14 +153,6 @@ pub unsafe fn code_extra(code: *mut PyObject, index: Py_ssize_t) -> *mut c_void 
 /// Whether the hot path reads `co_extra` directly (layout verified) rather than through the API.
 pub fn direct_code_extra() -> bool {
     DIRECT_CODE_EXTRA.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Whether the C-recursion refund is on (3.12/3.13, layout verified).
-pub fn c_recursion_refund() -> bool {
-    #[cfg(all(Py_3_12, not(Py_3_14)))]
-    return REFUND_C_RECURSION.load(std::sync::atomic::Ordering::Relaxed);
-    #[cfg(not(all(Py_3_12, not(Py_3_14))))]
-    false
 }
 
 /// Checks the direct `co_extra` read against CPython's API on a fresh code object and turns it
@@ -178,13 +170,11 @@ pub unsafe fn verify_direct_code_extra(index: Py_ssize_t) -> bool {
     let mut ok = false;
     if is_code(code) {
         let sentinel = 0x5eed_usize as *mut c_void;
-        DIRECT_CODE_EXTRA.store(true, Relaxed);
-        let empty = code_extra(code, index).is_null();
+        let empty = code_extra::<true>(code, index).is_null();
         let set = code_set_extra(code, index, sentinel) == 0;
-        let seen = code_extra(code, index);
+        let seen = code_extra::<true>(code, index);
         ok = empty && set && seen == sentinel;
         code_set_extra(code, index, ptr::null_mut());
-        DIRECT_CODE_EXTRA.store(false, Relaxed);
     }
     ffi::Py_XDECREF(code);
     ffi::PyErr_Clear();
@@ -244,12 +234,16 @@ mod c_recursion {
     pub const PY_RECURSION_LIMIT: usize = 48;
     #[cfg(Py_3_13)]
     pub const C_RECURSION_REMAINING: usize = 52;
-    /// PY_EVAL_C_STACK_UNITS.
-    pub const UNITS: i32 = 2;
 }
 
 #[cfg(all(Py_3_12, not(Py_3_14)))]
 static REFUND_C_RECURSION: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Below this many C-recursion units left, calls through the hook are refunded. Above it they
+/// are charged like any evaluator entry: shallow code (the common case) pays nothing extra, deep
+/// Python recursion stops consuming units once half of 3.12's budget (1500) is used, and C code
+/// recursing at that depth still has that half.
+pub const C_RECURSION_REFUND_BELOW: i32 = 750;
 
 /// Checks the thread-state layout the refund relies on, and turns the refund on if it matches.
 /// Returns whether the refund is on (always false where CPython has no such counter).
@@ -272,31 +266,32 @@ pub unsafe fn enable_c_recursion_refund(recursion_limit: i32) -> bool {
     }
 }
 
-/// Gives back the C-recursion units the evaluator is about to charge (see `c_recursion`).
-///
-/// # Safety
-/// `tstate` is the running thread's state, as CPython passed it to the hook.
-#[inline(always)]
-pub unsafe fn refund_c_recursion(tstate: *mut PyThreadState) {
+/// Whether the C-recursion refund is on (3.12/3.13, layout verified).
+pub fn c_recursion_refund() -> bool {
     #[cfg(all(Py_3_12, not(Py_3_14)))]
-    if REFUND_C_RECURSION.load(std::sync::atomic::Ordering::Relaxed) {
-        *tstate.cast::<u8>().add(c_recursion::C_RECURSION_REMAINING).cast::<i32>() += c_recursion::UNITS;
-    }
-    let _ = tstate;
+    return REFUND_C_RECURSION.load(std::sync::atomic::Ordering::Relaxed);
+    #[cfg(not(all(Py_3_12, not(Py_3_14))))]
+    false
 }
 
-/// Takes the refunded units back after the evaluator returned (it gave its own back).
+/// The thread's C-recursion counter, where CPython has one and its layout was verified.
 ///
 /// # Safety
-/// As [`refund_c_recursion`], paired with it.
+/// `tstate` is the running thread's state, as CPython passed it to the hook; only called by a
+/// hook selected because [`c_recursion_refund`] is true.
 #[inline(always)]
-pub unsafe fn recharge_c_recursion(tstate: *mut PyThreadState) {
+pub unsafe fn c_recursion_remaining(tstate: *mut PyThreadState) -> *mut i32 {
     #[cfg(all(Py_3_12, not(Py_3_14)))]
-    if REFUND_C_RECURSION.load(std::sync::atomic::Ordering::Relaxed) {
-        *tstate.cast::<u8>().add(c_recursion::C_RECURSION_REMAINING).cast::<i32>() -= c_recursion::UNITS;
+    return tstate.cast::<u8>().add(c_recursion::C_RECURSION_REMAINING).cast::<i32>();
+    #[cfg(not(all(Py_3_12, not(Py_3_14))))]
+    {
+        let _ = tstate;
+        unreachable!("no C-recursion counter on this version")
     }
-    let _ = tstate;
 }
+
+/// Units the evaluator charges per entry (`PY_EVAL_C_STACK_UNITS`).
+pub const C_RECURSION_UNITS: i32 = 2;
 
 /// Raises RecursionError with `message` (replacing any pending exception).
 ///

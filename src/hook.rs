@@ -1,8 +1,7 @@
 //! The PEP 523 eval-frame hook: the hot path.
 //!
-//! Per Python frame: find the code object, look its trampoline up in a co_extra slot (one
-//! pointer load after CPython's bounds checks), and call `trampoline(tstate, frame, throwflag,
-//! evaluator)`. Nothing is allocated and no lock is taken unless the code object has no
+//! Per Python frame: check the C stack, find the code object, look its trampoline up in a
+//! co_extra slot (a few loads), and tail-call `trampoline(tstate, frame, throwflag, evaluator)`. Nothing is allocated and no lock is taken unless the code object has no
 //! trampoline yet; then [`make_trampoline`] (cold) makes one.
 //!
 //! The evaluator is whatever was installed before perftramp (normally
@@ -33,11 +32,48 @@ fn previous() -> EvalFrameFn {
     unsafe { std::mem::transmute::<usize, EvalFrameFn>(PREVIOUS.load(Relaxed)) }
 }
 
-/// The hook CPython calls for every frame while it is installed.
+/// The hook CPython calls for every frame while it is installed, specialised at activation
+/// for what was verified on this interpreter (see [`selected`]): `DIRECT`, read `co_extra`
+/// without a call; `REFUND`, the 3.12/3.13 C-recursion refund.
+///
+/// Every way out is a tail call (into the trampoline, the evaluator, or [`eval_frame_slow`]),
+/// so the hook saves no registers and leaves no frame of its own on the stack: the trampoline's
+/// frame record links straight to the caller's.
 ///
 /// # Safety
 /// Called by CPython with the arguments of an eval-frame function, GIL held.
-pub unsafe extern "C" fn eval_frame(
+pub unsafe extern "C" fn eval_frame<const DIRECT: bool, const REFUND: bool>(
+    tstate: *mut PyThreadState,
+    frame: *mut Frame,
+    throwflag: c_int,
+) -> *mut PyObject {
+    if !stack_guard::clear_of_stack_end() {
+        return eval_frame_slow::<DIRECT, REFUND>(tstate, frame, throwflag);
+    }
+    let evaluator = previous();
+    if !ACTIVE.load(Relaxed) {
+        return evaluator(tstate, frame, throwflag);
+    }
+    let code = cpython::frame_code(frame);
+    if !cpython::is_code(code) {
+        return evaluator(tstate, frame, throwflag);
+    }
+    let trampoline = cpython::code_extra::<DIRECT>(code, EXTRA_INDEX.load(Relaxed));
+    if trampoline.is_null()
+        || (REFUND && *cpython::c_recursion_remaining(tstate) < cpython::C_RECURSION_REFUND_BELOW)
+    {
+        return eval_frame_slow::<DIRECT, REFUND>(tstate, frame, throwflag);
+    }
+    // SAFETY: every non-null extra under our index is a slot holding the stub.
+    let trampoline = std::mem::transmute::<*mut c_void, TrampolineFn>(trampoline);
+    trampoline(tstate, frame, throwflag, evaluator)
+}
+
+/// Everything the hot path leaves out: the first call on a thread (its stack bounds), the C
+/// stack nearly exhausted, a code object without a trampoline yet, and the C-recursion refund.
+#[cold]
+#[inline(never)]
+unsafe extern "C" fn eval_frame_slow<const DIRECT: bool, const REFUND: bool>(
     tstate: *mut PyThreadState,
     frame: *mut Frame,
     throwflag: c_int,
@@ -46,27 +82,70 @@ pub unsafe extern "C" fn eval_frame(
     if stack_guard::near_stack_end() {
         return overflow(tstate, frame, evaluator);
     }
-    cpython::refund_c_recursion(tstate);
-    let result = 'run: {
-        if ACTIVE.load(Relaxed) {
-            let code = cpython::frame_code(frame);
-            if cpython::is_code(code) {
-                let mut trampoline = cpython::code_extra(code, EXTRA_INDEX.load(Relaxed));
-                if trampoline.is_null() {
-                    trampoline = make_trampoline(code);
-                }
-                if !trampoline.is_null() {
-                    // SAFETY: every non-null extra under our index is a slot holding the stub.
-                    let trampoline = std::mem::transmute::<*mut c_void, TrampolineFn>(trampoline);
-                    break 'run trampoline(tstate, frame, throwflag, evaluator);
-                }
-            }
+    let trampoline = trampoline_for::<DIRECT>(frame);
+    if trampoline.is_null() {
+        return evaluator(tstate, frame, throwflag);
+    }
+    // SAFETY: every non-null extra under our index is a slot holding the stub.
+    let trampoline = std::mem::transmute::<*mut c_void, TrampolineFn>(trampoline);
+    if REFUND {
+        let remaining = cpython::c_recursion_remaining(tstate);
+        if *remaining < cpython::C_RECURSION_REFUND_BELOW {
+            return refunded(remaining, trampoline, tstate, frame, throwflag, evaluator);
         }
-        evaluator(tstate, frame, throwflag)
-    };
-    cpython::recharge_c_recursion(tstate);
+    }
+    trampoline(tstate, frame, throwflag, evaluator)
+}
+
+/// The trampoline of the frame's code object (made on first sight), or null: perftramp off,
+/// not a code object, or none could be made.
+#[inline(always)]
+unsafe fn trampoline_for<const DIRECT: bool>(frame: *mut Frame) -> *mut c_void {
+    if !ACTIVE.load(Relaxed) {
+        return std::ptr::null_mut();
+    }
+    let code = cpython::frame_code(frame);
+    if !cpython::is_code(code) {
+        return std::ptr::null_mut();
+    }
+    let trampoline = cpython::code_extra::<DIRECT>(code, EXTRA_INDEX.load(Relaxed));
+    if !trampoline.is_null() {
+        return trampoline;
+    }
+    make_trampoline(code)
+}
+
+/// A call deep enough that the thread's C-recursion budget runs low: give back the units the
+/// evaluator charges for this entry, and take them again after (see
+/// [`cpython::C_RECURSION_REFUND_BELOW`]).
+#[inline(always)]
+unsafe fn refunded(
+    remaining: *mut i32,
+    trampoline: TrampolineFn,
+    tstate: *mut PyThreadState,
+    frame: *mut Frame,
+    throwflag: c_int,
+    evaluator: EvalFrameFn,
+) -> *mut PyObject {
+    *remaining += cpython::C_RECURSION_UNITS;
+    let result = trampoline(tstate, frame, throwflag, evaluator);
+    // The evaluator gave its own units back on return; take back the refund.
+    *remaining -= cpython::C_RECURSION_UNITS;
     result
 }
+
+/// The hook variant for what was verified at enable.
+fn selected() -> EvalFrameFn {
+    match (cpython::direct_code_extra(), cpython::c_recursion_refund()) {
+        (true, true) => eval_frame::<true, true>,
+        (true, false) => eval_frame::<true, false>,
+        (false, true) => eval_frame::<false, true>,
+        (false, false) => eval_frame::<false, false>,
+    }
+}
+
+/// The variant installed (an `EvalFrameFn` address), 0 before the first activation.
+static OURS: AtomicUsize = AtomicUsize::new(0);
 
 /// The C stack is nearly exhausted: raise RecursionError in the frame instead of running it.
 /// The evaluator is entered in "throw" mode, exactly as for `generator.throw()`, so CPython
@@ -103,7 +182,7 @@ unsafe fn make_trampoline(code: *mut PyObject) -> *mut c_void {
 /// # Safety
 /// `code` is a live code object; GIL held; [`ensure_extra_index`] returned true.
 pub unsafe fn precompile(code: *mut PyObject) -> Option<bool> {
-    if !cpython::code_extra(code, EXTRA_INDEX.load(Relaxed)).is_null() {
+    if !cpython::code_extra::<false>(code, EXTRA_INDEX.load(Relaxed)).is_null() {
         return Some(false);
     }
     (!make_trampoline(code).is_null()).then_some(true)
@@ -133,11 +212,15 @@ pub unsafe fn ensure_extra_index() -> bool {
 /// # Safety
 /// GIL held; [`ensure_extra_index`] returned true.
 pub unsafe fn activate() {
-    let ours = eval_frame as EvalFrameFn;
-    let current = cpython::current_eval_frame();
-    if current as usize != ours as usize && !INSTALLED.load(Relaxed) {
-        PREVIOUS.store(current as usize, Relaxed);
-        cpython::set_eval_frame(ours);
+    if OURS.load(Relaxed) == 0 {
+        OURS.store(selected() as usize, Relaxed);
+    }
+    let ours = OURS.load(Relaxed);
+    let current = cpython::current_eval_frame() as usize;
+    if current != ours && !INSTALLED.load(Relaxed) {
+        PREVIOUS.store(current, Relaxed);
+        // SAFETY: OURS holds one of the eval_frame variants.
+        cpython::set_eval_frame(std::mem::transmute::<usize, EvalFrameFn>(ours));
     }
     INSTALLED.store(true, Relaxed);
     ACTIVE.store(true, Relaxed);
@@ -159,8 +242,7 @@ pub enum Deactivated {
 /// GIL held.
 pub unsafe fn deactivate() -> Deactivated {
     ACTIVE.store(false, Relaxed);
-    let ours = eval_frame as EvalFrameFn;
-    if cpython::current_eval_frame() as usize == ours as usize {
+    if cpython::current_eval_frame() as usize == OURS.load(Relaxed) {
         cpython::set_eval_frame(previous());
         INSTALLED.store(false, Relaxed);
         Deactivated::Restored

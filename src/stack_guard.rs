@@ -6,34 +6,82 @@
 //! CPython's own `-X perf` crashes there). The hook checks the stack pointer against this
 //! thread's stack bounds and, close to the end, raises RecursionError instead.
 
-use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use crate::arch;
 
 /// Headroom kept below the guard for the evaluator, C code between Python frames, and raising
 /// and handling the RecursionError itself.
 const MARGIN: usize = 256 * 1024;
 
-thread_local! {
-    /// Lowest usable stack address of this thread plus the margin; 0 until first computed, 1
-    /// when the bounds are unknown (the guard never trips).
-    static FLOOR: Cell<usize> = const { Cell::new(0) };
+/// Per-thread guard addresses, keyed by thread pointer (direct-mapped). The hook runs with the
+/// GIL held, so entries are never raced (atomics keep Rust's model sound); a collision between
+/// two live threads only costs a recomputation.
+const SLOTS: usize = 256;
+static KEYS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+static FLOORS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+
+#[inline(always)]
+fn slot_of(thread: usize) -> usize {
+    // Thread pointers are page-aligned-ish and far apart: mix the middle bits.
+    (thread.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) % SLOTS
+}
+
+/// True when this thread's guard is cached and the stack pointer is above it: the hot path's
+/// whole check (no call). False means "ask [`near_stack_end`]" (first call on this thread, or
+/// really near the end).
+#[inline(always)]
+pub fn clear_of_stack_end() -> bool {
+    let thread = arch::thread_pointer();
+    let slot = slot_of(thread);
+    KEYS[slot].load(Relaxed) == thread && arch::stack_pointer() >= FLOORS[slot].load(Relaxed)
 }
 
 /// True when the current stack pointer is within [`MARGIN`] of this thread's stack end.
 #[inline(always)]
 pub fn near_stack_end() -> bool {
-    let marker = 0u8;
-    let sp = std::ptr::addr_of!(marker) as usize;
-    let floor = FLOOR.with(|f| {
-        let v = f.get();
-        if v != 0 {
-            v
-        } else {
-            let computed = compute_floor(sp);
-            f.set(computed);
-            computed
-        }
-    });
+    let sp = arch::stack_pointer();
+    let thread = arch::thread_pointer();
+    let slot = slot_of(thread);
+    let floor = if KEYS[slot].load(Relaxed) == thread {
+        FLOORS[slot].load(Relaxed)
+    } else {
+        remember(thread, slot, sp)
+    };
     sp < floor
+}
+
+/// Computes this thread's guard address and caches it. The first time on a thread, registers a
+/// thread-exit destructor that forgets the entry, so a later thread reusing the same thread
+/// pointer (and perhaps a different stack) never inherits a stale guard.
+#[cold]
+#[inline(never)]
+fn remember(thread: usize, slot: usize, sp: usize) -> usize {
+    struct Forget(usize);
+    impl Drop for Forget {
+        fn drop(&mut self) {
+            for (key, floor) in KEYS.iter().zip(FLOORS.iter()) {
+                if key.load(Relaxed) == self.0 {
+                    key.store(0, Relaxed);
+                    floor.store(0, Relaxed);
+                }
+            }
+        }
+    }
+    thread_local!(static FORGET: std::cell::Cell<Option<Forget>> = const { std::cell::Cell::new(None) });
+    // try_with: during thread teardown TLS may be gone; then simply do not cache.
+    let registered = FORGET.try_with(|f| {
+        let current = f.take();
+        let ok = current.as_ref().map(|c| c.0) == Some(thread) || current.is_none();
+        f.set(Some(current.unwrap_or(Forget(thread))));
+        ok
+    });
+    let floor = compute_floor(sp);
+    if registered == Ok(true) {
+        KEYS[slot].store(thread, Relaxed);
+        FLOORS[slot].store(floor, Relaxed);
+    }
+    floor
 }
 
 /// Where the guard trips for this thread, from its stack bounds.

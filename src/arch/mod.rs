@@ -70,6 +70,55 @@ pub fn native() -> Option<&'static Arch> {
     None
 }
 
+/// A value unique to the calling thread for as long as it lives, read without a call: the
+/// thread pointer (x86_64 `%fs:0`, the TCB's self pointer; aarch64 `tpidr_el0`). Used as a
+/// cache key on the hot path, where a `thread_local!` in a shared library costs a call to
+/// `__tls_get_addr` per Python call.
+#[inline(always)]
+pub fn thread_pointer() -> usize {
+    let tp: usize;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: reads the TCB self pointer the x86_64 TLS ABI keeps at %fs:0; no side effects.
+    unsafe {
+        std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags))
+    };
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: reads the thread pointer register; no side effects.
+    unsafe {
+        std::arch::asm!("mrs {}, tpidr_el0", out(reg) tp, options(nomem, nostack, preserves_flags))
+    };
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        thread_local!(static MARKER: u8 = const { 0 });
+        tp = MARKER.with(|m| m as *const u8 as usize);
+    }
+    tp
+}
+
+/// The current stack pointer. Read with one instruction rather than by taking a local's
+/// address: an address-taken local would stop the compiler from turning the hook's call into the
+/// trampoline into a tail call.
+#[inline(always)]
+pub fn stack_pointer() -> usize {
+    let sp: usize;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: copies rsp into a register; no memory access.
+    unsafe {
+        std::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags))
+    };
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: copies sp into a register; no memory access.
+    unsafe {
+        std::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags))
+    };
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let marker = 0u8;
+        sp = std::hint::black_box(std::ptr::addr_of!(marker)) as usize;
+    }
+    sp
+}
+
 /// Makes freshly written code visible to instruction fetch on the native architecture. Call
 /// after writing an arena and before any of it runs.
 ///
