@@ -126,7 +126,7 @@ def collapse(samples: Iterable[StackSample], *, root_comm: bool = True) -> Dict[
     for sample in samples:
         frames = list(reversed(sample.frames))
         if root_comm:
-            frames.insert(0, sample.comm.replace(";", ":").replace(" ", "_") or "[unknown]")
+            frames.insert(0, sample.comm.replace(";", ":") or "[unknown]")
         if not frames:
             continue
         key = ";".join(frames)

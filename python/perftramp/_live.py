@@ -1,0 +1,288 @@
+"""Live processes: `toggle PID` and `record --pid PID`.
+
+A process started with `PERFTRAMP_SIGNAL=USR2` (perftramp's start hook), or one that calls
+`perftramp.install_signal_toggle()`, turns perftramp on or off at each delivery of the signal,
+in the mode it chose (`PERFTRAMP_MODE`, default jit). Its state is not published, so it is
+inferred from the files it writes: `/tmp/perf-<pid>.map` and `jit-<pid>.dump` (mapped
+executable in the process while it lives, found through /proc/<pid>/maps)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from . import _record as rec
+from . import _report as rp
+from ._report import CliError, say
+
+
+def parse_signal(text: str) -> int:
+    """USR2, SIGUSR2, usr2 or 12."""
+    value = text.strip().upper()
+    if value.isdigit() and 0 < int(value) < signal.NSIG:
+        return int(value)
+    name = value if value.startswith("SIG") else "SIG" + value
+    member = getattr(signal, name, None)
+    if isinstance(member, signal.Signals):
+        return int(member)
+    raise CliError(f"{text!r} is not a signal name or number (e.g. USR2, 12)", 2)
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def check_process(pid: int) -> None:
+    """Raises a CliError unless `pid` exists and we may signal it."""
+    if pid <= 0:
+        raise CliError(f"{pid} is not a process id", 2)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        raise CliError(f"no process {pid} (it does not exist, or has exited)") from None
+    except PermissionError:
+        raise CliError(f"process {pid} is not yours (EPERM): run this as its user, or as root") from None
+
+
+def catches(pid: int, signum: int) -> Optional[bool]:
+    """Whether `pid` has a handler for `signum` (SigCgt in /proc/<pid>/status), None if unknown."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def process_env(pid: int) -> Dict[str, str]:
+    """The environment `pid` started with ({} if it cannot be read)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    env: Dict[str, str] = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep:
+            env[key.decode(errors="replace")] = value.decode(errors="replace")
+    return env
+
+
+#: perftramp.MODES (kept here so the command line never imports the extension to start).
+_MODES = {"map": "map", "perf": "map", "jit": "jit", "perf_jit": "jit", "both": "jit"}
+
+
+def cmdline(pid: int) -> List[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        return [arg for arg in raw.split("\0") if arg]
+    except OSError:
+        return []
+
+
+def exe_of(pid: int) -> Optional[str]:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class Files:
+    """What perftramp has written for a process so far."""
+
+    map_size: Optional[int]
+    dump: Optional[Path]
+    dump_size: Optional[int]
+    #: How many mappings of the dump the process has: 2 while perftramp writes it (its writer
+    #: mapping and the executable marker perf looks for), 1 once it is off.
+    dump_mappings: int
+
+    @property
+    def modes(self) -> List[str]:
+        return [m for m, present in (("map", self.map_size is not None), ("jit", self.dump is not None))
+                if present]
+
+
+def _size(path: Path) -> Optional[int]:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def files_of(pid: int, env: Dict[str, str]) -> Files:
+    dump: Optional[Path] = None
+    mappings = 0
+    suffix = f"/jit-{pid}.dump"
+    try:
+        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+            path = line.split(None, 5)[5] if len(line.split(None, 5)) == 6 else ""
+            if path.endswith(" (deleted)"):
+                path = path[: -len(" (deleted)")]
+            if path.endswith(suffix):
+                dump = Path(path)
+                mappings += 1
+    except OSError:
+        pass
+    if dump is None:
+        candidate = Path(env.get("PERFTRAMP_DIR") or "/tmp") / suffix[1:]
+        if candidate.is_file():
+            dump = candidate
+    return Files(_size(Path(f"/tmp/perf-{pid}.map")), dump, _size(dump) if dump else None, mappings)
+
+
+def observe(pid: int, env: Dict[str, str], before: Files, timeout: float) -> Tuple[str, Files]:
+    """After a toggle: 'on' when perftramp's files appeared or grew (it pre-extends them when it
+    starts writing), 'off' when they shrank (it cuts its unused reserve when it stops), else
+    'unknown' (e.g. turned on again with every function already compiled: nothing to write)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = files_of(pid, env)
+        grew = ((now.map_size or 0) > (before.map_size or 0) or (now.dump_size or 0) > (before.dump_size or 0)
+                or (before.map_size is None and now.map_size is not None)
+                or (before.dump is None and now.dump is not None)
+                or now.dump_mappings > before.dump_mappings)
+        shrank = ((before.map_size is not None and (now.map_size or 0) < before.map_size)
+                  or (before.dump_size is not None and (now.dump_size or 0) < before.dump_size)
+                  or now.dump_mappings < before.dump_mappings)
+        if grew and not shrank:
+            return "on", now
+        if shrank:
+            return "off", now
+        if time.monotonic() >= deadline:
+            return "unknown", now
+        time.sleep(0.05)
+
+
+def loads_perftramp(pid: int) -> Optional[bool]:
+    """Whether perftramp's extension is mapped in `pid` (None if its maps cannot be read)."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return None
+    return "/perftramp/_perftramp" in maps
+
+
+def _validated_signal(pid: int, env: Dict[str, str], requested: Optional[str]) -> int:
+    """The toggle signal, once it is sure the process has perftramp's toggle: most programs die
+    of SIGUSR2 (its default action), and some that catch it (shells) die anyway."""
+    signum = parse_signal(requested or env.get("PERFTRAMP_SIGNAL") or "USR2")
+    name = signal_name(signum)
+    if loads_perftramp(pid) is False:
+        raise CliError(
+            f"process {pid} has not loaded perftramp (no perftramp/_perftramp*.so in "
+            f"/proc/{pid}/maps), so its {name} is not perftramp's toggle; I did not send it. "
+            f"Start the program with PERFTRAMP_SIGNAL=USR2 (perftramp installed in its Python), "
+            f"or call perftramp.install_signal_toggle() in it")
+    if catches(pid, signum) is False:
+        short = name[3:] if name.startswith("SIG") else str(signum)
+        raise CliError(
+            f"process {pid} has no handler for {name}: sending it would terminate the process, "
+            f"so I did not. Start the program with PERFTRAMP_SIGNAL={short} (perftramp installed "
+            f"in its Python), or call perftramp.install_signal_toggle() in it")
+    return signum
+
+
+def _send(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        raise CliError(f"no process {pid} (it has exited)") from None
+    except PermissionError:
+        raise CliError(f"process {pid} is not yours (EPERM): run this as its user, or as root") from None
+
+
+def _describe(files: Files) -> str:
+    parts = []
+    if files.dump is not None:
+        parts.append(f"jit: {files.dump}")
+    if files.map_size is not None:
+        parts.append("map: /tmp/perf-<pid>.map")
+    return ", ".join(parts)
+
+
+def toggle_command(pid: int, requested_signal: Optional[str]) -> int:
+    check_process(pid)
+    env = process_env(pid)
+    signum = _validated_signal(pid, env, requested_signal)
+    before = files_of(pid, env)
+    _send(pid, signum)
+    state, after = observe(pid, env, before, timeout=1.0)
+    name = signal_name(signum)
+    if state == "on":
+        say(f"sent {name} to {pid}: perftramp is now ON ({_describe(after)})")
+    elif state == "off":
+        say(f"sent {name} to {pid}: perftramp is now OFF")
+    else:
+        say(f"sent {name} to {pid}: perftramp toggled (its state is not visible from outside: "
+            f"nothing new was written within a second)")
+    return 0
+
+
+def record_pid(perf: str, pid: int, *, duration: float, output: Path, force: bool,
+               frequency: Optional[int], requested_signal: Optional[str], top: int, inline: bool,
+               perf_args: List[str]) -> int:
+    check_process(pid)
+    env = process_env(pid)
+    signum = _validated_signal(pid, env, requested_signal)
+    name = signal_name(signum)
+    directory = rec.prepare_output_dir(output, force)
+    before = files_of(pid, env)
+    _send(pid, signum)
+    state, after = observe(pid, env, before, timeout=3.0)
+    if state == "off":
+        say(f"perftramp was already on in {pid}: {name} turned it off; sending it again")
+        before = after
+        _send(pid, signum)
+        state, after = observe(pid, env, before, timeout=3.0)
+    if state == "on":
+        say(f"sent {name} to {pid}: perftramp is on ({_describe(after)})")
+    elif after.modes:
+        say(f"sent {name} to {pid}: perftramp toggled; assuming it is on again (nothing new to write)")
+    else:
+        say(f"sent {name} to {pid}, but it wrote no perftramp file within 3 s: is its handler "
+            f"perftramp's toggle? Recording anyway")
+    declared = _MODES.get(env.get("PERFTRAMP_MODE", "jit").strip() or "jit", "jit")
+    mode = "jit" if after.dump is not None else "map" if after.map_size is not None else declared
+    exe = exe_of(pid)
+    fp = rec.has_frame_pointers(exe) if exe and rec.python_of(exe) else None
+    if mode == "jit" and not (after.map_size is not None and fp):
+        unwind = "jit"
+    else:
+        mode, unwind = "map", "fp" if fp or fp is None else "dwarf"
+    hz = frequency or rec.DEFAULT_HZ[unwind]
+    data = directory / rp.PERF_DATA
+    perf_command = [perf, "record", "-F", str(hz), *rec.CALL_GRAPH[unwind], *perf_args,
+                    "-p", str(pid), "-o", str(data)]
+    rp.write_meta(directory, {
+        "command": [f"pid {pid}:", *cmdline(pid)],
+        "pid": pid, "mode": mode, "call_graph": "fp" if unwind == "fp" else "dwarf", "frequency": hz,
+        "perf_record": perf_command,
+        "jit_dirs": [str(after.dump.parent)] if after.dump is not None and mode == "jit" else [],
+        "summary": (f"pid {pid}, {mode} mode, {'fp' if unwind == 'fp' else 'dwarf'} call graphs, "
+                    f"{hz} Hz, {duration:g} s"),
+    })
+    say(f"recording {pid} for {duration:g} s (Ctrl-C stops early): " + " ".join(perf_command))
+    try:
+        run = rec.run_perf(perf_command, dict(os.environ), duration=duration)
+    finally:
+        try:
+            os.kill(pid, signum)
+            say(f"sent {name} to {pid} again: perftramp is off")
+        except OSError:
+            say(f"process {pid} has exited")
+    if not run.captured or not data.is_file():
+        if run.interrupted:
+            raise CliError("interrupted before perf recorded anything", 130)
+        raise rec.explain_perf_failure(run.stderr, run.status)
+    return rec._draw(perf, directory, mode, top=top, inline=inline,
+                     status=130 if run.interrupted else 0, command=[str(pid)], pid=pid)

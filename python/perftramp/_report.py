@@ -1,0 +1,398 @@
+"""From perf data to what people read: collapsed stacks, a flamegraph SVG and a table of the
+Python functions that cost the most (the `record` and `report` commands share this)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from . import _perfscript as ps
+
+# What a recording directory holds.
+PERF_DATA = "perf.data"
+JIT_DATA = "perf.jit.data"
+JIT_DIR = "jit"
+COLLAPSED = "stacks.collapsed"
+SVG = "flamegraph.svg"
+TOP = "top.txt"
+META = "perftramp.json"
+#: Every name `record` writes; `--force` removes exactly these (never anything else).
+OUTPUTS = (PERF_DATA, PERF_DATA + ".old", JIT_DATA, COLLAPSED, SVG, TOP, META,
+           "stacks.python-only.collapsed", "flamegraph.python-only.svg", "top.python-only.txt",
+           "stacks.no-python.collapsed", "flamegraph.no-python.svg", "top.no-python.txt")
+
+SCRIPT_FIELDS = "comm,pid,tid,ip,sym,dso"
+
+
+class CliError(Exception):
+    """A failure explained to the user in one message (no traceback), with an exit status."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def say(message: str) -> None:
+    """A line of the command line's own output, on stderr (stdout is the program's)."""
+    print(f"perftramp: {message}", file=sys.stderr, flush=True)
+
+
+# --- perf itself -------------------------------------------------------------------------------
+
+def install_hint() -> str:
+    """The command that installs perf on this distribution."""
+    ids = ""
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith(("ID=", "ID_LIKE=")):
+                ids += " " + line.split("=", 1)[1].strip('"').lower()
+    except OSError:
+        pass
+    sudo = "" if os.geteuid() == 0 else "sudo "
+    if "ubuntu" in ids:
+        return f"{sudo}apt-get install linux-tools-common linux-tools-$(uname -r)"
+    if "debian" in ids:
+        return f"{sudo}apt-get install linux-perf"
+    if any(name in ids for name in ("fedora", "rhel", "centos")):
+        return f"{sudo}dnf install perf"
+    if "arch" in ids.split():
+        return f"{sudo}pacman -S perf"
+    if "alpine" in ids:
+        return f"{sudo}apk add perf"
+    if "suse" in ids:
+        return f"{sudo}zypper install perf"
+    return ("install your distribution's perf package (Debian: linux-perf, Ubuntu: "
+            "linux-tools-$(uname -r), Fedora: perf)")
+
+
+def find_perf() -> str:
+    """The perf binary, or a CliError saying how to install it."""
+    path = shutil.which("perf")
+    if path is None:
+        raise CliError(f"perf is not installed (or not on PATH). Install it: {install_hint()}")
+    try:
+        proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise CliError(f"{path} does not run ({err}). Reinstall it: {install_hint()}") from None
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise CliError(f"{path} does not run: {detail[-1] if detail else f'exit {proc.returncode}'}."
+                       f" Install the perf matching your kernel: {install_hint()}")
+    return path
+
+
+def perf_env() -> Dict[str, str]:
+    return dict(os.environ)
+
+
+# --- progress ------------------------------------------------------------------------------------
+
+class Progress:
+    """Shows that a long step is alive: on a terminal one line rewritten every half second,
+    otherwise a line every 5 seconds once the step has taken 2 seconds. `count()` says how far
+    it is (e.g. '1,234 jitted files')."""
+
+    def __init__(self, what: str, count: Optional[Callable[[], str]] = None) -> None:
+        self.what = what
+        self.count = count
+        self.start = time.monotonic()
+        self._stop = threading.Event()
+        self._tty = sys.stderr.isatty()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._printed = False
+
+    def _line(self) -> str:
+        detail = ""
+        if self.count is not None:
+            try:
+                detail = f"{self.count()}, "
+            except Exception:  # noqa: BLE001 - progress must never fail the step
+                detail = ""
+        return f"perftramp: {self.what}: {detail}{time.monotonic() - self.start:.1f} s"
+
+    def _run(self) -> None:
+        interval, first = (0.5, 0.5) if self._tty else (5.0, 2.0)
+        if self._stop.wait(first):
+            return
+        while True:
+            if self._tty:
+                sys.stderr.write("\r\033[K" + self._line())
+            else:
+                sys.stderr.write(self._line() + "\n")
+            sys.stderr.flush()
+            self._printed = True
+            if self._stop.wait(interval):
+                return
+
+    def __enter__(self) -> "Progress":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self._tty and self._printed:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+
+def _stop_child(proc: "subprocess.Popen[str]") -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- perf inject --jit ---------------------------------------------------------------------------
+
+def jit_dumps(directories: Iterable[Path], pids: Optional[Set[int]] = None) -> List[Path]:
+    found: List[Path] = []
+    for directory in directories:
+        for dump in sorted(directory.glob("jit-*.dump")):
+            pid = dump.name[4:-5]
+            if pid.isdigit() and (pids is None or int(pid) in pids):
+                found.append(dump)
+    return found
+
+
+def inject(perf: str, data: Path, out: Path, dumps: Sequence[Path]) -> int:
+    """`perf inject --jit`: turns each trampoline of the jitdumps into a jitted-<pid>-<n>.so next
+    to its dump, so perf can unwind and name them. Returns how many it wrote."""
+    patterns = {(dump.parent, f"jitted-{dump.name[4:-5]}-*.so") for dump in dumps}
+
+    def count_files() -> int:
+        return sum(1 for directory, pattern in patterns for _ in directory.glob(pattern))
+
+    before = count_files()
+    tmp = out.with_name(out.name + ".tmp")
+    names = ", ".join(str(d) for d in dumps)
+    say(f"perf inject --jit: one ELF file per Python function, next to {names}")
+    stderr = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen([perf, "inject", "--jit", "-i", str(data), "-o", str(tmp)],
+                            stdout=subprocess.DEVNULL, stderr=stderr, env=perf_env(), text=True)
+    try:
+        def status() -> str:
+            size = tmp.stat().st_size if tmp.exists() else 0
+            return f"{count_files() - before:,} jitted files, {out.name} {size / 1e6:,.1f} MB"
+
+        with Progress("perf inject --jit", status) as progress:
+            proc.wait()
+    finally:
+        _stop_child(proc)
+    written = count_files() - before
+    if proc.returncode != 0:
+        stderr.seek(0)
+        tmp.unlink(missing_ok=True)
+        raise CliError(f"perf inject --jit failed (exit {proc.returncode}):\n{_tail(stderr.read())}")
+    os.replace(tmp, out)
+    say(f"perf inject --jit: {written:,} jitted files in {progress.elapsed:.1f} s -> {out}")
+    return written
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    kept = [line for line in text.strip().splitlines() if line.strip()]
+    return "\n".join("    " + line for line in kept[-lines:])
+
+
+# --- perf script -> collapsed stacks ---------------------------------------------------------------
+
+@dataclass
+class Collapsed:
+    counts: Dict[str, int]
+    samples: int
+    pids: Set[int]
+
+
+def script_collapse(perf: str, data: Path, *, inline: bool = False) -> Collapsed:
+    """Runs `perf script` on `data` and collapses its samples (streamed, never held whole)."""
+    command = [perf, "script", "-F", SCRIPT_FIELDS, "-i", str(data)]
+    if not inline:
+        command.insert(2, "--no-inline")
+    stderr = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=perf_env(),
+                            text=True, errors="replace", bufsize=1 << 16)
+    pids: Set[int] = set()
+    seen = [0]
+
+    def samples() -> Iterable[ps.StackSample]:
+        assert proc.stdout is not None
+        for sample in ps.iter_stack_samples(proc.stdout):
+            seen[0] += 1
+            if sample.pid is not None:
+                pids.add(sample.pid)
+            yield sample
+
+    try:
+        with Progress(f"perf script -i {data.name}", lambda: f"{seen[0]:,} samples") as progress:
+            counts = ps.collapse(samples())
+            proc.wait()
+    finally:
+        _stop_child(proc)
+    stderr.seek(0)
+    errors = stderr.read()
+    if proc.returncode != 0:
+        raise CliError(f"perf script -i {data} failed (exit {proc.returncode}):\n{_tail(errors)}")
+    lost = [line.strip() for line in errors.splitlines() if "lost" in line.lower()]
+    if lost:
+        say("perf says: " + " ".join(lost[:2]) + " (bigger buffers help: --perf-args='-m 8M', "
+            "or a lower -F)")
+    if progress.elapsed > 2:
+        say(f"perf script: {seen[0]:,} samples in {progress.elapsed:.1f} s")
+    return Collapsed(counts, seen[0], pids)
+
+
+# --- outputs -------------------------------------------------------------------------------------
+
+FILTERS = {None: "", True: ".python-only", False: ".no-python"}
+
+
+def top_table(counts: Dict[str, int], limit: int = 15) -> str:
+    top = ps.python_top(counts)
+    if top.total_samples == 0:
+        return "no samples\n"
+    pct = 100.0 / top.total_samples
+    rows = top.rows(limit)
+    lines = [f"Python functions, by self time ({top.total_samples:,} samples; self = the innermost "
+             f"Python frame of a sample, total = anywhere on its stack):",
+             f"{'self':>8} {'total':>8}  function"]
+    for name, self_count, total_count in rows:
+        lines.append(f"{self_count * pct:7.2f}% {total_count * pct:7.2f}%  {name}")
+    if not rows:
+        lines.append("    (no Python frame in any sample: was perftramp enabled in the program?)")
+    elif len(top.total) > len(rows):
+        lines.append(f"    ... {len(top.total) - len(rows)} more (--top N)")
+    if top.without_python:
+        lines.append(f"{top.without_python * pct:7.2f}% of samples have no Python frame "
+                     f"(interpreter start-up and exit, other processes, native threads)")
+    return "\n".join(lines) + "\n"
+
+
+def render(directory: Path, counts: Dict[str, int], *, python: Optional[bool], title: str,
+           subtitle: str, limit: int) -> Tuple[List[Path], str]:
+    """Writes the (filtered) collapsed stacks, SVG and table into `directory`; returns the
+    paths written and the table. The table always counts all frames (filters change only
+    the drawing)."""
+    from ._perftramp import render_flamegraph
+
+    suffix = FILTERS[python]
+    shown = ps.filter_collapsed(counts, python=python)
+    if not shown:
+        raise CliError("no samples to draw" + (" after filtering" if python is not None else "")
+                       + ": the program ran too briefly (raise -F or run it longer), or perf "
+                         "recorded nothing")
+    written: List[Path] = []
+    if suffix:
+        path = directory / f"stacks{suffix}.collapsed"
+        _write(path, ps.format_collapsed(shown))
+        written.append(path)
+    if suffix:
+        subtitle = f"{subtitle}; {'only Python frames' if python else 'Python frames hidden'}"
+    svg = render_flamegraph(ps.format_collapsed(shown), title, subtitle)
+    svg_path = directory / f"flamegraph{suffix}.svg"
+    _write(svg_path, svg)
+    written.append(svg_path)
+    table = top_table(counts, limit)
+    top_path = directory / f"top{suffix}.txt"
+    _write(top_path, table)
+    written.append(top_path)
+    return written, table
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8", errors="replace")
+    os.replace(tmp, path)
+
+
+def write_collapsed(directory: Path, counts: Dict[str, int]) -> Path:
+    path = directory / COLLAPSED
+    _write(path, ps.format_collapsed(counts))
+    return path
+
+
+def read_meta(directory: Path) -> Dict[str, object]:
+    try:
+        meta = json.loads((directory / META).read_text())
+        return meta if isinstance(meta, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_meta(directory: Path, meta: Dict[str, object]) -> None:
+    _write(directory / META, json.dumps(meta, indent=2) + "\n")
+
+
+def data_file(directory: Path) -> Path:
+    """The perf data to read: the injected one when there is one."""
+    for name in (JIT_DATA, PERF_DATA):
+        if (directory / name).is_file():
+            return directory / name
+    raise CliError(f"{directory} holds no {PERF_DATA} (nor {COLLAPSED}): record into it first "
+                   f"(python -m perftramp record -o {directory} -- python app.py)")
+
+
+def finish(perf: Optional[str], directory: Path, *, rescan: bool, python: Optional[bool],
+           limit: int, inline: bool = False,
+           title: Optional[str] = None) -> Tuple[List[Path], str, Dict[str, int]]:
+    """What `record` does after perf stops and what `report` does: collapsed stacks (from
+    perf data, injecting jitdumps first when needed, or from an earlier stacks.collapsed),
+    then the SVG and the table."""
+    meta = read_meta(directory)
+    collapsed_path = directory / COLLAPSED
+    written: List[Path] = []
+    if collapsed_path.is_file() and not rescan:
+        counts = ps.parse_collapsed(collapsed_path.read_text(encoding="utf-8", errors="replace"))
+    else:
+        if perf is None:
+            perf = find_perf()
+        data = directory / PERF_DATA
+        jit_data = directory / JIT_DATA
+        listed = meta.get("jit_dirs")
+        dirs = [Path(d) for d in listed if isinstance(d, str)] if isinstance(listed, list) else []
+        dirs = dirs or [directory / JIT_DIR]
+        dumps = jit_dumps(dirs, _pids(meta))
+        if dumps and data.is_file() and not jit_data.is_file():
+            inject(perf, data, jit_data, dumps)
+        source = data_file(directory)
+        gone = [pid for pid in _recorded_pids(meta) if not Path(f"/tmp/perf-{pid}.map").exists()]
+        if meta.get("mode") == "map" and gone:
+            say(f"/tmp/perf-{gone[0]}.map is gone: perf can no longer name the Python frames of "
+                f"process {gone[0]} (report without --rescan reuses {COLLAPSED})")
+        result = script_collapse(perf, source, inline=inline)
+        counts = result.counts
+        written.append(write_collapsed(directory, counts))
+        meta["pids"] = sorted(result.pids)
+        if meta:
+            write_meta(directory, meta)
+    if title is None:
+        command = meta.get("command")
+        title = f"perftramp: {' '.join(command)}" if isinstance(command, list) else f"perftramp: {directory}"
+    subtitle = str(meta.get("summary") or f"{sum(counts.values()):,} samples")
+    paths, table = render(directory, counts, python=python, title=title, subtitle=subtitle, limit=limit)
+    return written + paths, table, counts
+
+
+def _recorded_pids(meta: Dict[str, object]) -> List[int]:
+    pids = meta.get("pids")
+    return [p for p in pids if isinstance(p, int)] if isinstance(pids, list) else []
+
+
+def _pids(meta: Dict[str, object]) -> Optional[Set[int]]:
+    pid = meta.get("pid")
+    return {pid} if isinstance(pid, int) else None

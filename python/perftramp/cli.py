@@ -1,0 +1,203 @@
+"""perftramp's command line: from a Python program to a flamegraph of its Python functions.
+
+    python -m perftramp record [-o DIR] [--mode auto|map|jit] [-F HZ] [--force] -- CMD [ARGS...]
+    python -m perftramp record --pid PID [--duration S] [-o DIR]
+    python -m perftramp toggle PID [--signal USR2]
+    python -m perftramp report DIR [--python-only | --no-python] [--top N]
+    python -m perftramp doctor
+
+Messages go to stderr (the recorded program owns stdout); the table of Python functions goes to
+stdout. Exit status: 0, the recorded command's own status when it failed, 1 when perftramp or
+perf failed, 2 for a usage error, 127 when the command does not exist, 130 after Ctrl-C (what
+was recorded until then is still drawn).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from ._report import CliError
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m perftramp",
+        description="Profile Python programs with Linux perf, Python functions named "
+                    "py::<qualname>:<file>, native and kernel frames kept.")
+    sub = parser.add_subparsers(dest="subcommand", metavar="{record,report,toggle,doctor}")
+    sub.required = True
+
+    record = sub.add_parser(
+        "record", help="run a command (or attach to --pid) under perf record, then draw it",
+        description="Run CMD under perf record with perftramp enabled in its Python processes "
+                    "(through PERFTRAMP/PERFTRAMP_DIR, read by perftramp's start hook), then write "
+                    "a flamegraph SVG, collapsed stacks and a table of the costliest Python "
+                    "functions into DIR. With --pid: turn perftramp on in a live process started "
+                    "with PERFTRAMP_SIGNAL=USR2, record it for --duration seconds, turn it off.",
+        usage="%(prog)s [-o DIR] [--mode {auto,map,jit}] [-F HZ] [--force] -- CMD [ARGS...]\n"
+              "       %(prog)s --pid PID [--duration S] [-o DIR] [--force]")
+    record.add_argument("-o", "--output", type=Path, metavar="DIR",
+                        help="output directory (default: ./perftramp-<date>-<time>)")
+    record.add_argument("--mode", choices=("auto", "map", "jit"), default="auto",
+                        help="auto (default): map + frame pointers when CMD's Python has them, "
+                             "else jit + dwarf; map; jit")
+    record.add_argument("-F", "--frequency", type=_positive_int, metavar="HZ",
+                        help="samples per second (default 999 with fp stacks, 499 with dwarf)")
+    record.add_argument("--force", action="store_true", help="replace the recording in an existing DIR")
+    record.add_argument("--pid", type=_positive_int, help="record this live process instead of a command")
+    record.add_argument("--duration", type=_positive_float, default=10.0, metavar="S",
+                        help="with --pid: seconds to record (default 10; Ctrl-C stops earlier)")
+    record.add_argument("--signal", metavar="SIG",
+                        help="with --pid: the toggle signal (default: the process's "
+                             "PERFTRAMP_SIGNAL, else USR2)")
+    _report_options(record)
+    record.add_argument("--perf-args", default="", metavar="ARGS",
+                        help="extra perf record options, e.g. --perf-args='-m 64'")
+    record.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, after --")
+
+    report = sub.add_parser(
+        "report", help="draw a recording again (optionally keeping only or hiding Python frames)",
+        description="Re-render the flamegraph, collapsed stacks and table of a recording "
+                    "directory, from its stacks.collapsed (or from perf data with --rescan, or "
+                    "when it has none).")
+    report.add_argument("directory", type=Path, metavar="DIR")
+    which = report.add_mutually_exclusive_group()
+    which.add_argument("--python-only", action="store_true",
+                       help="keep only Python (py::) frames: writes flamegraph.python-only.svg")
+    which.add_argument("--no-python", action="store_true",
+                       help="hide Python frames (native and kernel only): writes flamegraph.no-python.svg")
+    report.add_argument("--rescan", action="store_true",
+                        help="read perf.data (perf.jit.data) again instead of stacks.collapsed")
+    _report_options(report)
+
+    toggle = sub.add_parser(
+        "toggle", help="turn perftramp on/off in a live process (its signal toggle)",
+        description="Send the toggle signal to a process started with PERFTRAMP_SIGNAL (or that "
+                    "calls perftramp.install_signal_toggle()), then say what it did.")
+    toggle.add_argument("pid", type=_positive_int, metavar="PID")
+    toggle.add_argument("--signal", metavar="SIG",
+                        help="default: the process's PERFTRAMP_SIGNAL, else USR2")
+
+    doctor = sub.add_parser(
+        "doctor", help="check perf, privileges, frame pointers: what works here and how to fix the rest")
+    doctor.add_argument("--python", metavar="PATH",
+                        help="check this interpreter instead of the one running doctor")
+    return parser
+
+
+def _report_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--top", type=_positive_int, default=15, metavar="N",
+                        help="rows of the table of Python functions (default 15)")
+    parser.add_argument("--inline", action="store_true",
+                        help="show inlined native functions as frames (perf script --inline; slower)")
+
+
+def split_command(argv: Sequence[str]) -> tuple[List[str], Optional[List[str]]]:
+    """`record ... -- CMD ARGS`: the part after the first `--` is the command, untouched."""
+    args = list(argv)
+    if "record" in args[:1] and "--" in args:
+        index = args.index("--")
+        return args[:index], args[index + 1:]
+    return args, None
+
+
+def cmd_record(opts: argparse.Namespace, command: List[str]) -> int:
+    from . import _record, _report
+
+    output = opts.output or Path(time.strftime("perftramp-%Y%m%d-%H%M%S"))
+    try:
+        perf_args = shlex.split(opts.perf_args)
+    except ValueError as err:
+        raise CliError(f"--perf-args: {err}", 2) from None
+    if opts.pid is not None:
+        if command:
+            raise CliError("give either --pid PID or a command, not both", 2)
+        if opts.mode != "auto":
+            raise CliError("--mode does not apply to --pid: the live process decides its mode "
+                           "(PERFTRAMP_MODE, default jit)", 2)
+        from . import _live
+
+        perf = _report.find_perf()
+        return _live.record_pid(perf, opts.pid, duration=opts.duration, output=output,
+                                force=opts.force, frequency=opts.frequency,
+                                requested_signal=opts.signal, top=opts.top, inline=opts.inline,
+                                perf_args=perf_args)
+    if not command:
+        raise CliError("record needs a command: python -m perftramp record -- python app.py "
+                       "(or --pid PID)", 2)
+    perf = _report.find_perf()
+    return _record.record_command(perf, command, output=output, mode=opts.mode,
+                                  frequency=opts.frequency, force=opts.force, top=opts.top,
+                                  inline=opts.inline, perf_args=perf_args)
+
+
+def cmd_report(opts: argparse.Namespace) -> int:
+    from . import _report
+
+    directory: Path = opts.directory
+    if not directory.is_dir():
+        raise CliError(f"{directory} is not a directory (record into it first: python -m "
+                       f"perftramp record -o {directory} -- python app.py)", 2)
+    python = True if opts.python_only else False if opts.no_python else None
+    try:
+        written, table, _ = _report.finish(None, directory, rescan=opts.rescan, python=python,
+                                           limit=opts.top, inline=opts.inline)
+    except KeyboardInterrupt:
+        raise CliError("interrupted", 130) from None
+    sys.stdout.write(table)
+    sys.stdout.flush()
+    _report.say("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def cmd_toggle(opts: argparse.Namespace) -> int:
+    from . import _live
+
+    return _live.toggle_command(opts.pid, opts.signal)
+
+
+def cmd_doctor(opts: argparse.Namespace) -> int:
+    from . import _doctor
+
+    return _doctor.run_doctor(opts.python)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args, command = split_command(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    opts = parser.parse_args(args)
+    try:
+        if opts.subcommand == "record":
+            return cmd_record(opts, command if command is not None else list(opts.command))
+        if opts.subcommand == "report":
+            return cmd_report(opts)
+        if opts.subcommand == "toggle":
+            return cmd_toggle(opts)
+        return cmd_doctor(opts)
+    except CliError as err:
+        print(f"perftramp: error: {err}", file=sys.stderr, flush=True)
+        return err.status
+    except KeyboardInterrupt:
+        print("perftramp: interrupted", file=sys.stderr, flush=True)
+        return 130
+    except BrokenPipeError:  # e.g. `... | head`
+        return 0

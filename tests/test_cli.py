@@ -1,0 +1,559 @@
+"""The command line, end to end: `python -m perftramp record|report|toggle|doctor` with real perf,
+on plain programs that never import perftramp (its start hook enables it from PERFTRAMP=...)."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import pytest
+
+from conftest import PERF_ENV, interpreter_has_frame_pointers, py_name
+from perftramp import _perfscript as ps
+
+WORKLOAD = """\
+import sys, time
+
+def hot(n):
+    s = 0
+    for i in range(n):
+        s += i * i
+    return s
+
+def middle(n):
+    return hot(n)
+
+class Outer:
+    def run(self, seconds):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            middle(20000)
+
+Outer().run(float(sys.argv[1]) if len(sys.argv) > 1 else 1.0)
+"""
+
+# A live server-like loop that installs perftramp's signal toggle itself (perftramp starts off).
+TOGGLED = """\
+import os, sys, time
+import perftramp
+perftramp.install_signal_toggle(directory=sys.argv[1])
+
+def hot(n):
+    s = 0
+    for i in range(n):
+        s += i * i
+    return s
+
+def serve():
+    while True:
+        hot(20000)
+        time.sleep(0.0005)
+
+print(os.getpid(), flush=True)
+serve()
+"""
+
+
+def cli(*args: str, env: Optional[Dict[str, str]] = None, cwd: Optional[Path] = None,
+        timeout: float = 120) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, **PERF_ENV)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "perftramp", *args], capture_output=True,
+                          text=True, env=full_env, cwd=str(cwd) if cwd else None, timeout=timeout)
+
+
+def no_traceback(proc: subprocess.CompletedProcess) -> None:
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr
+
+
+def names(workload: Path) -> Tuple[str, str, str]:
+    return (py_name("hot", str(workload)), py_name("middle", str(workload)),
+            py_name("Outer.run", str(workload)))
+
+
+SVG_FRAME = re.compile(r'<g><title>(.*?) \(([\d,]+) samples?, [\d.]+%\)</title>'
+                       r'<rect x="([\d.]+)%" y="(\d+)" width="([\d.]+)%"')
+
+
+def svg_frames(svg: str) -> Dict[str, Tuple[float, int, float]]:
+    """The widest box of each frame name: (x %, y, width %). Callers are drawn below (larger y)."""
+    frames: Dict[str, Tuple[float, int, float]] = {}
+    for match in SVG_FRAME.finditer(svg):
+        name = html.unescape(match.group(1))
+        box = (float(match.group(3)), int(match.group(4)), float(match.group(5)))
+        if name not in frames or box[2] > frames[name][2]:
+            frames[name] = box
+    return frames
+
+
+def assert_called_by(frames: Dict[str, Tuple[float, int, float]], callee: str, caller: str) -> None:
+    (cx, cy, cw), (px, py_, pw) = frames[callee], frames[caller]
+    assert py_ > cy, f"{caller} is not drawn below {callee}"
+    assert px <= cx + 1e-6 and cx + cw <= px + pw + 1e-3, f"{callee} is not within {caller}"
+
+
+def table_rows(stdout: str) -> List[Tuple[float, float, str]]:
+    rows = []
+    for line in stdout.splitlines():
+        match = re.match(r"^\s*([\d.]+)%\s+([\d.]+)%\s+(py::.*)$", line)
+        if match:
+            rows.append((float(match.group(1)), float(match.group(2)), match.group(3)))
+    return rows
+
+
+def remove_perf_maps(directory: Path) -> None:
+    meta = json.loads((directory / "perftramp.json").read_text())
+    for pid in meta.get("pids", []):
+        Path(f"/tmp/perf-{pid}.map").unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory) -> Tuple[Path, Path, subprocess.CompletedProcess]:
+    """One `record` of the workload, shared by the tests that read or re-render it."""
+    import shutil
+
+    perf = shutil.which("perf")
+    if perf is None:
+        pytest.skip("perf is not installed (apt-get install linux-perf)")
+    base = tmp_path_factory.mktemp("cli")
+    workload = base / "workload.py"
+    workload.write_text(WORKLOAD)
+    out = base / "out"
+    proc = cli("record", "-o", str(out), "-F", "499", "--", sys.executable, str(workload), "1.2",
+               cwd=base)
+    yield workload, out, proc
+    if (out / "perftramp.json").exists():
+        remove_perf_maps(out)
+
+
+@pytest.mark.perf
+def test_record_draws_python_functions_with_their_callers(perf, recording):
+    workload, out, proc = recording
+    assert proc.returncode == 0, proc.stderr
+    no_traceback(proc)
+    hot, middle, outer = names(workload)
+    for name in ("perf.data", "stacks.collapsed", "flamegraph.svg", "top.txt", "perftramp.json"):
+        assert (out / name).is_file(), name
+    # --mode auto: frame pointers -> map mode + fp stacks, else jit mode + dwarf + perf inject.
+    meta = json.loads((out / "perftramp.json").read_text())
+    if interpreter_has_frame_pointers():
+        assert (meta["mode"], meta["call_graph"]) == ("map", "fp"), proc.stderr
+        assert "has frame pointers: map mode" in proc.stderr
+    else:
+        assert (meta["mode"], meta["call_graph"]) == ("jit", "dwarf"), proc.stderr
+        assert (out / "perf.jit.data").is_file()
+        assert list((out / "jit").glob("jitted-*.so")), "perf inject wrote no jitted-*.so"
+        assert "jitted files" in proc.stderr
+    # The flamegraph: every function, each drawn on top of its caller.
+    frames = svg_frames((out / "flamegraph.svg").read_text())
+    for name in (hot, middle, outer):
+        assert name in frames, f"{name} not in the SVG; it has {sorted(frames)[:20]}"
+    assert_called_by(frames, hot, middle)
+    assert_called_by(frames, middle, outer)
+    # The collapsed stacks: most samples of hot have the whole chain under them.
+    counts = ps.parse_collapsed((out / "stacks.collapsed").read_text())
+    with_hot = {s: c for s, c in counts.items() if hot in s.split(";")}
+    full = sum(c for s, c in with_hot.items() if ps.has_chain(s.split(";")[::-1], [hot, middle, outer]))
+    assert sum(with_hot.values()) >= 100
+    assert full / sum(with_hot.values()) >= 0.9, f"{full} of {sum(with_hot.values())} full stacks"
+    # The table names the hot function first, as perf names it, and is saved.
+    rows = table_rows(proc.stdout)
+    assert rows and rows[0][2] == hot, proc.stdout
+    assert rows[0][0] > 50
+    assert {r[2]: r[1] for r in rows}[outer] >= rows[0][0]  # total of the caller >= self of hot
+    assert (out / "top.txt").read_text() == proc.stdout
+
+
+@pytest.mark.perf
+def test_report_rerenders_and_filters(perf, recording):
+    workload, out, proc = recording
+    assert proc.returncode == 0, proc.stderr
+    hot, middle, outer = names(workload)
+    svg = (out / "flamegraph.svg").read_text()
+    (out / "flamegraph.svg").unlink()
+    again = cli("report", str(out))
+    assert again.returncode == 0, again.stderr
+    assert (out / "flamegraph.svg").read_text() == svg  # deterministic from the same stacks
+    assert again.stdout == proc.stdout
+
+    only = cli("report", str(out), "--python-only")
+    assert only.returncode == 0, only.stderr
+    lines = (out / "stacks.python-only.collapsed").read_text().splitlines()
+    assert lines
+    for line in lines:
+        stack = line.rsplit(" ", 1)[0]
+        assert all(f.startswith("py::") for f in stack.split(";")) or stack == "[no Python frame]", line
+    assert any(line.startswith(f"{outer};{middle};{hot} ") or f";{outer};{middle};{hot} " in line
+               for line in lines), lines[:5]
+    frames = svg_frames((out / "flamegraph.python-only.svg").read_text())
+    assert hot in frames and not any(n.startswith("_PyEval") for n in frames)
+
+    hidden = cli("report", str(out), "--no-python", "--top", "1")
+    assert hidden.returncode == 0, hidden.stderr
+    text = (out / "stacks.no-python.collapsed").read_text()
+    assert text and "py::" not in text
+    assert "py::" not in (out / "flamegraph.no-python.svg").read_text()
+    assert len(table_rows(hidden.stdout)) == 1 and table_rows(hidden.stdout)[0][2] == hot
+
+    both = cli("report", str(out), "--python-only", "--no-python")
+    assert both.returncode == 2 and "not allowed with" in both.stderr
+
+    # --rescan reads perf data again (the perf maps / jitted files are still there).
+    rescan = cli("report", str(out), "--rescan")
+    assert rescan.returncode == 0, rescan.stderr
+    assert table_rows(rescan.stdout)[0][2] == hot
+
+
+@pytest.mark.perf
+def test_record_refuses_an_existing_directory_unless_forced(perf, tmp_path):
+    workload = tmp_path / "workload.py"
+    workload.write_text(WORKLOAD)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "perf.data").write_text("precious")
+    (out / "notes.txt").write_text("mine")
+    refused = cli("record", "-o", str(out), "--", sys.executable, str(workload), "0.3")
+    assert refused.returncode == 2
+    assert "already exists" in refused.stderr and "--force" in refused.stderr
+    no_traceback(refused)
+    assert (out / "perf.data").read_text() == "precious"
+    forced = cli("record", "-o", str(out), "--force", "-F", "499", "--", sys.executable, str(workload), "0.5")
+    assert forced.returncode == 0, forced.stderr
+    assert (out / "perf.data").read_bytes() != b"precious"
+    assert (out / "notes.txt").read_text() == "mine"  # --force removes only what record writes
+    assert (out / "flamegraph.svg").is_file()
+    remove_perf_maps(out)
+
+
+@pytest.mark.perf
+def test_ctrl_c_stops_perf_and_still_draws(perf, tmp_path):
+    workload = tmp_path / "forever.py"
+    workload.write_text(WORKLOAD)
+    out = tmp_path / "out"
+    env = dict(os.environ, **PERF_ENV)
+    proc = subprocess.Popen([sys.executable, "-m", "perftramp", "record", "-o", str(out), "-F", "499",
+                             "--", sys.executable, str(workload), "600"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)  # to the CLI only, as a test cannot press Ctrl-C
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "stopped by Ctrl-C" in stderr
+    assert (out / "flamegraph.svg").is_file()
+    hot = py_name("hot", str(workload))
+    assert hot in svg_frames((out / "flamegraph.svg").read_text())
+    assert table_rows(stdout)[0][2] == hot
+    remove_perf_maps(out)
+
+
+@pytest.mark.perf
+def test_a_command_that_is_not_python_gets_jit_mode_through_the_environment(perf, tmp_path):
+    """`sh -c "python app.py"`: the interpreter cannot be inspected, so jit mode; the variables
+    reach the Python grandchild."""
+    workload = tmp_path / "workload.py"
+    workload.write_text(WORKLOAD)
+    out = tmp_path / "out"
+    proc = cli("record", "-o", str(out), "-F", "499", "--", "/bin/sh", "-c",
+               f"exec '{sys.executable}' '{workload}' 0.8")
+    assert proc.returncode == 0, proc.stderr
+    assert "not a Python interpreter I can inspect: jit mode" in proc.stderr
+    assert table_rows(proc.stdout)[0][2] == py_name("hot", str(workload))
+
+
+@pytest.mark.perf
+def test_a_python_without_perftramp_is_explained(perf, tmp_path):
+    workload = tmp_path / "workload.py"
+    workload.write_text(WORKLOAD)
+    # -S: no site, so no perftramp.pth: as if perftramp were not installed in that Python.
+    proc = cli("record", "-o", str(tmp_path / "out"), "--", sys.executable, "-S", str(workload), "0.3")
+    assert proc.returncode == 0, proc.stderr
+    assert "no Python function was named" in proc.stderr
+    assert "Is perftramp installed in the Python" in proc.stderr
+    assert (tmp_path / "out" / "flamegraph.svg").is_file()  # native frames are still drawn
+
+
+@pytest.mark.perf
+def test_record_returns_the_commands_failure(perf, tmp_path):
+    script = tmp_path / "fails.py"
+    script.write_text(WORKLOAD + "\nraise SystemExit(3)\n")
+    proc = cli("record", "-o", str(tmp_path / "out"), "--", sys.executable, str(script), "0.3")
+    assert proc.returncode == 3, proc.stderr
+    assert "exited with status 3" in proc.stderr
+    assert (tmp_path / "out" / "flamegraph.svg").is_file()
+    remove_perf_maps(tmp_path / "out")
+
+
+def test_perf_missing(tmp_path):
+    bindir = tmp_path / "bin"  # a PATH without perf
+    bindir.mkdir()
+    proc = cli("record", "-o", str(tmp_path / "out"), "--", sys.executable, "-c", "pass",
+               env={"PATH": str(bindir)})
+    assert proc.returncode == 1
+    assert "perf is not installed" in proc.stderr and "apt-get install linux-perf" in proc.stderr
+    no_traceback(proc)
+    assert not (tmp_path / "out").exists()
+    doctor = cli("doctor", env={"PATH": str(bindir)})
+    assert doctor.returncode == 1
+    assert re.search(r"FAIL\s+perf\s+not found", doctor.stdout), doctor.stdout
+    assert "recording will NOT work" in doctor.stdout
+    no_traceback(doctor)
+
+
+@pytest.mark.perf
+def test_command_not_found(perf, tmp_path):
+    proc = cli("record", "-o", str(tmp_path / "out"), "--", "perftramp-no-such-command", "x")
+    assert proc.returncode == 127
+    assert "command not found: perftramp-no-such-command" in proc.stderr
+    no_traceback(proc)
+    missing = cli("record", "-o", str(tmp_path / "out"))
+    assert missing.returncode == 2 and "record needs a command" in missing.stderr
+
+
+def test_perf_not_permitted_is_explained(tmp_path):
+    """perf's own refusal (what perf 6.1 prints when perf_event_paranoid forbids recording),
+    from a stand-in perf: this machine runs as root, where perf is always permitted."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "perf"
+    fake.write_text(textwrap.dedent("""\
+        #!/bin/sh
+        if [ "$1" = "--version" ]; then echo "perf version 6.1.187"; exit 0; fi
+        cat >&2 <<'EOF'
+        Error:
+        Access to performance monitoring and observability operations is limited.
+        Consider adjusting /proc/sys/kernel/perf_event_paranoid setting to open
+        access to performance monitoring and observability operations for processes
+        without CAP_PERFMON, CAP_SYS_PTRACE or CAP_SYS_ADMIN Linux capability.
+        perf_event_paranoid setting is 3:
+        EOF
+        exit 255
+        """))
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    proc = cli("record", "-o", str(tmp_path / "out"), "--", sys.executable, "-c", "pass",
+               env={"PATH": f"{bindir}:{os.environ['PATH']}"})
+    assert proc.returncode == 1
+    assert "perf is not permitted to record here" in proc.stderr
+    assert "sysctl kernel.perf_event_paranoid=1" in proc.stderr
+    assert "Access to performance monitoring" in proc.stderr  # perf's own words, passed through
+    no_traceback(proc)
+
+
+@pytest.mark.perf
+def test_doctor_reports_this_machine(perf):
+    proc = cli("doctor")
+    no_traceback(proc)
+    out = proc.stdout
+    assert proc.returncode == 0, out  # root and perf here: recording works
+    assert re.search(r"ok\s+perf\s+.*perf version \d+\.\d+", out), out
+    assert re.search(r"ok\s+platform\s+Linux x86_64", out), out
+    assert re.search(r"ok\s+privileges\s+root", out), out
+    assert re.search(r"ok\s+perf record\s+works", out), out
+    if interpreter_has_frame_pointers():
+        assert re.search(r"ok\s+frame pointers\s+yes", out), out
+        assert "will use map mode" in out
+    else:
+        assert re.search(r"info\s+frame pointers\s+no", out), out
+        assert "scripts/build-fp-python.sh" in out
+        assert "will use jit mode" in out
+    assert "recording will work" in out
+
+
+def test_doctor_perf_versions():
+    from perftramp._doctor import jit_capable
+
+    for version in [(6, 8, 0), (6, 12, 1), (6, 7, 2), (6, 6, 0), (6, 1, 75), (6, 1, 187), (7, 0, 0)]:
+        assert jit_capable(version), version
+    for version in [(6, 7, 1), (6, 1, 74), (6, 5, 13), (5, 15, 140), (6, 2, 0)]:
+        assert not jit_capable(version), version
+
+
+def start_toggled(tmp_path: Path, *, own_toggle: bool) -> subprocess.Popen:
+    script = tmp_path / "server.py"
+    env = dict(os.environ, **PERF_ENV)
+    if own_toggle:
+        script.write_text(TOGGLED)
+    else:  # the start hook installs the toggle: a plain program
+        own = "import perftramp\nperftramp.install_signal_toggle(directory=sys.argv[1])\n"
+        script.write_text(TOGGLED.replace(own, ""))
+        env.update(PERFTRAMP_SIGNAL="USR2", PERFTRAMP_DIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    pid = int(proc.stdout.readline())
+    assert pid == proc.pid
+    return proc
+
+
+@pytest.mark.perf
+@pytest.mark.parametrize("own_toggle", [True, False], ids=["install_signal_toggle", "PERFTRAMP_SIGNAL"])
+def test_record_a_live_process(perf, tmp_path, own_toggle):
+    server = start_toggled(tmp_path, own_toggle=own_toggle)
+    try:
+        out = tmp_path / "out"
+        proc = cli("record", "--pid", str(server.pid), "--duration", "1.5", "-o", str(out))
+        assert proc.returncode == 0, proc.stderr
+        no_traceback(proc)
+        assert server.poll() is None, "the live process died"
+        hot = py_name("hot", str(tmp_path / "server.py"))
+        assert table_rows(proc.stdout)[0][2] == hot, proc.stdout
+        assert hot in svg_frames((out / "flamegraph.svg").read_text())
+        assert f"perftramp is on (jit: {tmp_path}/jit-{server.pid}.dump)" in proc.stderr
+        assert (out / "perf.jit.data").is_file()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=30)
+    # The process itself says it was turned on, then off.
+    assert re.search(r"profiling support on \(jit\).*\n.*profiling support off", err), err
+
+
+def test_toggle(tmp_path):
+    server = start_toggled(tmp_path, own_toggle=True)
+    try:
+        on = cli("toggle", str(server.pid))
+        assert on.returncode == 0, on.stderr
+        assert f"perftramp is now ON (jit: {tmp_path}/jit-{server.pid}.dump)" in on.stderr
+        off = cli("toggle", str(server.pid), "--signal", "USR2")
+        assert off.returncode == 0 and "perftramp is now OFF" in off.stderr, off.stderr
+        assert server.poll() is None
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=30)
+    assert "profiling support on (jit)" in err and "profiling support off" in err
+
+
+def test_toggle_refuses_what_it_cannot_or_must_not_signal(tmp_path, run_python):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    proc = cli("toggle", str(gone.pid))
+    assert proc.returncode == 1 and f"no process {gone.pid}" in proc.stderr
+    no_traceback(proc)
+    # A process without perftramp, or without a handler for the signal, would die of it:
+    # refused, and it lives on.
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    catcher = subprocess.Popen([sys.executable, "-c", "import perftramp, signal, time\n"
+                                "signal.signal(signal.SIGUSR2, signal.SIG_DFL)\n"
+                                "print(1, flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE)
+    try:
+        assert catcher.stdout is not None and catcher.stdout.readline()
+        time.sleep(0.3)
+        proc = cli("toggle", str(sleeper.pid))
+        assert proc.returncode == 1 and "has not loaded perftramp" in proc.stderr, proc.stderr
+        assert "PERFTRAMP_SIGNAL=USR2" in proc.stderr
+        proc = cli("toggle", str(catcher.pid))
+        assert proc.returncode == 1 and "has no handler for SIGUSR2" in proc.stderr, proc.stderr
+        assert sleeper.poll() is None and catcher.poll() is None
+        catcher.kill()
+        catcher.wait()
+        bad = cli("toggle", str(sleeper.pid), "--signal", "NOPE")
+        assert bad.returncode == 2 and "not a signal name" in bad.stderr
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # EPERM (another user's process): as root every process is ours, so os.kill says it.
+    run = run_python(
+        """
+        import errno, os
+        import perftramp.cli
+        def kill(pid, sig):
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        os.kill = kill
+        code = perftramp.cli.main(["toggle", str(os.getppid())])
+        print("EXIT", code)
+        """
+    )
+    assert "EXIT 1" in run.stdout, run.stderr
+    assert "is not yours (EPERM)" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_record_pid_of_no_process(tmp_path):
+    proc = cli("record", "--pid", "999999999", "-o", str(tmp_path / "out"))
+    no_traceback(proc)
+    assert proc.returncode in (1, 2)
+    assert "no process 999999999" in proc.stderr or "perf is not installed" in proc.stderr
+
+
+# --- pieces, on canned data --------------------------------------------------------------------
+
+# perf script -F comm,pid,tid,ip,sym,dso output (its header lines end with a space).
+PERF_SCRIPT = "\n".join([
+    "python3.12 100/100 ",
+    "\tffffffff81000130 do_syscall_64 ([kernel.kallsyms])",
+    "\t    7f00000010 py::leaf:/a (copy).py (/tmp/perf-100.map)",
+    "\t    7f00000020 py::Outer.run:/a (copy).py (/tmp/perf-100.map)",
+    "\t          1234 _PyEval_EvalFrameDefault (/usr/lib/libpython3.12.so.1.0)",
+    "\t          5678 [unknown] (/usr/lib/libc.so.6)",
+    "",
+    "python3.12 100/101 ",
+    "\t    7f00000010 py::leaf:/a (copy).py (/tmp/perf-100.map)",
+    "\t    7f00000020 py::Outer.run:/a (copy).py (/tmp/perf-100.map)",
+    "",
+    "my worker 200/200 ",
+    "\t          1111 compute;thing (/usr/bin/x)",
+    "",
+])
+
+
+@pytest.mark.once
+def test_collapse_filters_and_table_on_canned_perf_script():
+    samples = list(ps.iter_stack_samples(PERF_SCRIPT.splitlines(True)))
+    assert [(s.comm, s.pid) for s in samples] == [
+        ("python3.12", 100), ("python3.12", 100), ("my worker", 200)]
+    counts = ps.collapse(samples)
+    assert counts == {
+        "python3.12;[libc.so.6];_PyEval_EvalFrameDefault;py::Outer.run:/a (copy).py;"
+        "py::leaf:/a (copy).py;do_syscall_64_[k]": 1,
+        "python3.12;py::Outer.run:/a (copy).py;py::leaf:/a (copy).py": 1,
+        "my worker;compute:thing": 1,
+    }
+    assert ps.parse_collapsed(ps.format_collapsed(counts)) == counts
+    only = ps.filter_collapsed(counts, python=True)
+    assert only == {"py::Outer.run:/a (copy).py;py::leaf:/a (copy).py": 2, "[no Python frame]": 1}
+    hidden = ps.filter_collapsed(counts, python=False)
+    assert all("py::" not in stack for stack in hidden) and sum(hidden.values()) == 3
+    top = ps.python_top(counts)
+    assert top.rows() == [("py::leaf:/a (copy).py", 2, 2), ("py::Outer.run:/a (copy).py", 0, 2)]
+    assert (top.total_samples, top.without_python) == (3, 1)
+
+
+def test_render_flamegraph():
+    from perftramp._perftramp import render_flamegraph
+
+    svg = render_flamegraph(["python;py::main:/t.py;py::f:/t.py 3", "python;py::main:/t.py 1"], "T")
+    assert svg.startswith("<?xml") and "py::f:/t.py" in svg and ">T<" in svg
+    assert render_flamegraph("python;py::main:/t.py 1\n", "T", "sub") != svg
+    with pytest.raises(ValueError, match="no flamegraph"):
+        render_flamegraph([], "T")
+    with pytest.raises(TypeError):
+        render_flamegraph(3, "T")
+
+
+@pytest.mark.once
+def test_interpreter_detection(tmp_path):
+    from perftramp import _record
+
+    assert _record.python_of("/usr/bin/python3.12") == "/usr/bin/python3.12"
+    assert _record.python_of(sys.executable) == sys.executable
+    script = tmp_path / "tool"
+    script.write_text("#!/usr/bin/env -S python3 -u\nprint(1)\n")
+    assert _record.python_of(str(script)) is not None
+    script.write_text(f"#!{sys.executable}\nprint(1)\n")
+    assert _record.python_of(str(script)) == sys.executable
+    script.write_text("#!/bin/sh\necho 1\n")
+    assert _record.python_of(str(script)) is None
+    assert _record.python_of("/bin/ls") is None
+    assert _record.choose_mode("auto", "py", True, None).mode == "map"
+    plan = _record.choose_mode("auto", "py", False, None)
+    assert (plan.mode, plan.unwind, plan.frequency) == ("jit", "jit", 499)
+    assert _record.choose_mode("auto", None, None, 97).frequency == 97
+    assert _record.choose_mode("map", "py", False, None).unwind == "dwarf"
