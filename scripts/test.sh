@@ -6,6 +6,7 @@
 #   bash scripts/test.sh                 # everything
 #   PERFTRAMP_PYTHONS="/usr/bin/python3.12" bash scripts/test.sh   # chosen interpreters only
 #   PERFTRAMP_NO_FP_BUILD=1 bash scripts/test.sh                    # skip the frame-pointer build
+#   PERFTRAMP_NO_REGRTEST=1 bash scripts/test.sh                    # skip CPython's own tests
 #   bash scripts/test.sh -k perf         # extra arguments go to pytest
 #
 # Ends with one line "perftramp: N passed, N failed, N skipped" and exits non-zero if anything
@@ -93,6 +94,17 @@ PY
         echo "test.sh: pytest ran no test on $tag" >&2; failed=$((failed + 1))
     elif [ "$code" -ne 0 ] && [ "$failed" -eq 0 ]; then
         echo "test.sh: pytest exited $code on $tag" >&2; failed=1
+    fi
+    # CPython's own regression tests (a reduced set) with perftramp on in every process, compared
+    # case by case with a run without it (scripts/cpython_regrtest.py; the full set without --quick).
+    if [ "${PERFTRAMP_NO_REGRTEST:-0}" != 1 ]; then
+        echo "-- CPython regression tests with and without perftramp ($tag)"
+        if "$venv/bin/python" "$root/scripts/cpython_regrtest.py" --quick; then
+            passed=$((passed + 1))
+        else
+            echo "test.sh: CPython's regression tests differ with perftramp on $tag" >&2
+            failed=$((failed + 1))
+        fi
     fi
     total_passed=$((total_passed + passed)); total_failed=$((total_failed + failed)); total_skipped=$((total_skipped + skipped))
     report+=("$tag: $passed passed, $failed failed, $skipped skipped")

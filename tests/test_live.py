@@ -162,6 +162,24 @@ def test_invalid_environment_values_warn_once_and_run_normally(tmp_path, variabl
     assert len(lines) == 1 and variable in lines[0] and "perftramp" in lines[0], out.stderr
 
 
+def test_start_from_the_environment_imports_nothing_the_program_would_notice(tmp_path):
+    """perftramp is imported at interpreter start: it must not import threading (programs and
+    CPython's own tests check it is not imported yet), nor anything costly (typing, dataclasses)."""
+    script = tmp_path / "probe.py"
+    script.write_text("import os, sys\nprint(os.getpid(), ' '.join(sorted(sys.modules)))\n")
+    plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True)
+    started = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True,
+                             env=dict(os.environ, PERFTRAMP="map", PERFTRAMP_SIGNAL="USR2"))
+    pid, *modules = started.stdout.split()
+    os.unlink(f"/tmp/perf-{pid}.map")
+    added = set(modules) - set(plain.stdout.split()[1:])
+    allowed = {"perftramp", "perftramp._perftramp", "perftramp._startup", "__future__",
+               "signal", "enum", "operator", "functools", "collections", "keyword", "reprlib",
+               "itertools", "_functools", "_collections", "types", "_operator"}
+    assert added <= allowed, sorted(added - allowed)
+    assert not {"threading", "typing", "dataclasses", "inspect"} & set(modules)
+
+
 def test_invalid_toggle_mode_warns(tmp_path):
     script = tmp_path / "plain.py"
     script.write_text("print('ran')\n")

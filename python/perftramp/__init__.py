@@ -1,21 +1,26 @@
 """Make every Python function visible to Linux ``perf``.
 
 ``perftramp.enable()`` gives each Python code object its own tiny native trampoline and writes
-its name, ``py::<qualname>:<filename>``, into ``/tmp/perf-<pid>.map``, so ``perf report`` and
-``perf script`` show Python functions instead of one ``_PyEval_EvalFrameDefault``.
+its name, ``py::<qualname>:<filename>``, into ``/tmp/perf-<pid>.map`` (or a jitdump), so
+``perf report`` and ``perf script`` show Python functions instead of one
+``_PyEval_EvalFrameDefault``.
+
+This module imports nothing but its extension at import time: it is imported at interpreter
+start when perftramp is enabled from the environment, and must not change what the program sees
+(``threading`` not yet imported, for example) nor cost startup time.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
-import signal
 import sys
-import threading
-import types
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Set, Tuple, Union
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~15 ms at startup
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    import types
+    from typing import Any, Iterator, Optional, Set, Tuple, Union
+
+    PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = [
     "MODES",
@@ -61,30 +66,62 @@ else:
     ConflictError = _native.ConflictError
 
 
-@dataclass(frozen=True)
 class Status:
-    """A snapshot of perftramp's state, from :func:`status`."""
+    """A snapshot of perftramp's state, from :func:`status` (read-only).
+
+    - ``enabled``: whether perftramp is on.
+    - ``mode``: "map", "jit" or "both"; None if perftramp was never enabled in this process.
+    - ``pid``: the process the files belong to.
+    - ``perf_map_path`` / ``jitdump_path``: the files being written, if any.
+    - ``trampolines``: trampolines made so far (one per code object that ran while enabled).
+    - ``executable_bytes`` / ``executable_bytes_used``: executable memory mapped for
+      trampolines, and the part of it handed out.
+    - ``errors``: why writing or making trampolines stopped, if it did (the program is
+      unaffected).
+    - ``chained_to_other_hook``: perftramp chains to an eval hook other than CPython's (a
+      debugger or JIT installed first).
+    - ``pass_through``: perftramp was disabled while another hook installed after it still calls
+      it: it stays in that hook's chain and passes every frame through.
+    """
+
+    # A plain class rather than a dataclass: importing dataclasses costs ~15 ms at startup.
+    __slots__ = (
+        "enabled", "mode", "pid", "perf_map_path", "jitdump_path", "trampolines",
+        "executable_bytes", "executable_bytes_used", "errors", "chained_to_other_hook",
+        "pass_through",
+    )
 
     enabled: bool
-    #: "map", "jit" or "both"; None if perftramp was never enabled in this process.
     mode: Optional[str]
     pid: int
-    #: The perf map being written, if any.
     perf_map_path: Optional[str]
-    #: The jitdump being written (jit and both modes), if any.
     jitdump_path: Optional[str]
-    #: Trampolines made so far (one per code object that ran while enabled).
     trampolines: int
-    #: Executable memory mapped for trampolines, and the part of it handed out.
     executable_bytes: int
     executable_bytes_used: int
-    #: Why writing or making trampolines stopped, if it did (the program is unaffected).
     errors: Tuple[str, ...]
-    #: perftramp chains to an eval hook other than CPython's (a debugger or JIT installed first).
     chained_to_other_hook: bool
-    #: perftramp was disabled while another hook installed after it still calls it: it stays in
-    #: that hook's chain and passes every frame through.
     pass_through: bool
+
+    def __init__(self, **fields: Any) -> None:
+        missing = set(self.__slots__) - set(fields)
+        unknown = set(fields) - set(self.__slots__)
+        if missing or unknown:
+            raise TypeError(f"Status fields: missing {sorted(missing)}, unknown {sorted(unknown)}")
+        for name in self.__slots__:
+            object.__setattr__(self, name, fields[name])
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Status is read-only")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Status):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"Status({fields})"
 
 
 def _require_native():  # type: ignore[no-untyped-def]
@@ -104,9 +141,6 @@ def _normalize_mode(mode: str) -> str:
     except KeyError:
         valid = ", ".join(repr(m) for m in MODES)
         raise ValueError(f"unknown perftramp mode {mode!r}; valid modes: {valid}") from None
-
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 def enable(
@@ -148,8 +182,8 @@ def enable(
 def disable() -> None:
     """Stop making and using trampolines; a no-op when perftramp is off.
 
-    Frames already running keep their trampolines (their memory is never freed), and the perf
-    map keeps its entries, so samples taken before this still resolve.
+    Frames already running keep their trampolines (their memory is never freed), and the files
+    keep their entries, so samples taken before this still resolve.
     """
     if _native is not None:
         _native.disable()
@@ -162,13 +196,45 @@ def is_enabled() -> bool:
 
 def status() -> Status:
     """Return a :class:`Status` snapshot (mode, files, trampolines, memory, errors)."""
-    native = _require_native()
-    raw = native.status()
+    raw = _require_native().status()
     raw["errors"] = tuple(raw["errors"])
     return Status(**raw)
 
 
+class enabled:  # noqa: N801 - used like a function: ``with perftramp.enabled(): ...``
+    """Context manager: perftramp on inside the block, back to its previous state after it.
+
+    >>> with perftramp.enabled() as status:
+    ...     run_workload()
+    """
+
+    def __init__(
+        self,
+        mode: str = "map",
+        *,
+        directory: Optional[PathLike] = None,
+        persist_after_fork: bool = False,
+    ) -> None:
+        self._args = (mode, directory, persist_after_fork)
+        self._was_enabled = False
+
+    def __enter__(self) -> Status:
+        mode, directory, persist = self._args
+        self._was_enabled = is_enabled()
+        enable(mode, directory=directory, persist_after_fork=persist)
+        return status()
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self._was_enabled:
+            disable()
+
+
+# --- making trampolines ahead of time ----------------------------------------------------------
+
+
 def _code_of(obj: Any) -> types.CodeType:
+    import types
+
     if isinstance(obj, types.CodeType):
         return obj
     for attr in ("__code__", "__func__"):
@@ -179,6 +245,8 @@ def _code_of(obj: Any) -> types.CodeType:
 
 
 def _nested_code(code: types.CodeType, seen: Set[int]) -> Iterator[types.CodeType]:
+    import types
+
     if id(code) in seen:
         return
     seen.add(id(code))
@@ -205,6 +273,9 @@ def compile_all() -> int:
     pages and their files are written in one copy instead of one entry per function per worker
     (cpython issue 109587). Returns how many trampolines were made.
     """
+    import gc
+    import types
+
     native = _require_native()
     made = 0
     seen: Set[int] = set()
@@ -217,7 +288,6 @@ def compile_all() -> int:
 
 # --- signal toggle ------------------------------------------------------------------------------
 
-_toggle_lock = threading.Lock()
 _toggle: Optional[Tuple[int, Any, str, Optional[PathLike]]] = None  # signum, previous, mode, dir
 
 
@@ -243,43 +313,50 @@ def _on_toggle_signal(signum: int, frame: Optional[types.FrameType]) -> None:
 
 
 def install_signal_toggle(
-    signum: Union[int, signal.Signals] = signal.SIGUSR2,
+    signum: Optional[int] = None,
     mode: str = "jit",
     *,
     directory: Optional[PathLike] = None,
 ) -> Any:
-    """Make each delivery of ``signum`` turn perftramp on (in ``mode``) or off.
+    """Make each delivery of ``signum`` (default ``signal.SIGUSR2``) turn perftramp on (in
+    ``mode``) or off.
 
     For live servers: start with the toggle installed and perftramp off (zero cost), then
     ``kill -USR2 <pid>`` (or ``python -m perftramp toggle <pid>``) before and after
     ``perf record -p <pid>``. Returns the previous handler. Call from the main thread (Python's
     rule for signal handlers). If the application uses SIGUSR2 itself, pass another signal,
-    e.g. ``signal.SIGRTMIN + 1`` or ``signal.SIGPROF`` if nothing profiles with it.
+    e.g. ``signal.SIGRTMIN + 1``.
     """
+    import signal
+
+    global _toggle
     normalized = _normalize_mode(mode)
     if directory is not None and normalized == "map":
         raise ValueError("directory= places the jitdump (mode='jit' or 'both')")
-    global _toggle
-    with _toggle_lock:
-        if threading.current_thread() is not threading.main_thread():
-            raise ValueError("install_signal_toggle() must be called from the main thread "
-                             "(Python only lets the main thread set signal handlers)")
+    signum = int(signal.SIGUSR2 if signum is None else signum)
+    try:
         previous = signal.signal(signum, _on_toggle_signal)
-        if _toggle is not None and _toggle[0] == int(signum):
-            previous = _toggle[1]  # re-installing: keep the original handler to restore
-        _toggle = (int(signum), previous, normalized, directory)
+    except ValueError as err:
+        if "main thread" in str(err):
+            raise ValueError("install_signal_toggle() must be called from the main thread "
+                             "(Python only lets the main thread set signal handlers)") from None
+        raise
+    if _toggle is not None and _toggle[0] == signum:
+        previous = _toggle[1]  # re-installing: keep the original handler to restore
+    _toggle = (signum, previous, normalized, directory)
     return previous
 
 
 def uninstall_signal_toggle() -> None:
     """Remove the toggle and restore the handler it replaced (perftramp's state is unchanged)."""
+    import signal
+
     global _toggle
-    with _toggle_lock:
-        if _toggle is None:
-            return
-        signum, previous, _, _ = _toggle
-        signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-        _toggle = None
+    if _toggle is None:
+        return
+    signum, previous, _, _ = _toggle
+    signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+    _toggle = None
 
 
 def _after_fork_in_child() -> None:
@@ -289,19 +366,3 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-@contextlib.contextmanager
-def enabled(mode: str = "map", *, directory: Optional[PathLike] = None) -> Iterator[Status]:
-    """Context manager: perftramp on inside the block, back to its previous state after it.
-
-    >>> with perftramp.enabled():
-    ...     run_workload()
-    """
-    was_enabled = is_enabled()
-    enable(mode, directory=directory)
-    try:
-        yield status()
-    finally:
-        if not was_enabled:
-            disable()

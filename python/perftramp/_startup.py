@@ -13,16 +13,16 @@ An invalid value prints one warning naming the variable; the program always runs
 from __future__ import annotations
 
 import os
-import signal
 import sys
-from typing import Optional
 
 
 def _warn(message: str) -> None:
     print(f"perftramp: {message}; continuing without it", file=sys.stderr, flush=True)
 
 
-def _parse_signal(value: str) -> Optional[int]:
+def _parse_signal(value: str) -> "int | None":
+    import signal  # only when a toggle is asked for: it imports enum
+
     text = value.strip().upper()
     if text.isdigit():
         number = int(text)
