@@ -211,6 +211,14 @@ impl AppendFile {
     }
 }
 
+impl Drop for AppendFile {
+    /// A writer dropped without `abandon` (a failed `enable` discarding what it opened) leaves
+    /// no shared mapping of its file behind.
+    fn drop(&mut self) {
+        self.unmap();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

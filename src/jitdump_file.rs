@@ -6,6 +6,7 @@
 //! SIGKILL loses nothing that ran. Per trampoline: DEBUG_INFO and UNWINDING_INFO, then its
 //! CODE_LOAD (perf applies the first two to the next load), appended as one unit.
 
+use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use crate::append_file::AppendFile;
 use crate::arch::Arch;
 use crate::jitdump;
+use crate::names;
 use crate::unwind::{self, UnwindInfo};
 
 pub fn path_for(directory: &Path, pid: u32) -> PathBuf {
@@ -81,15 +83,24 @@ impl JitDumpFile {
                 ),
             ));
         }
+        // From here on, a failure removes the file, and dropping what was made unmaps it
+        // (Drop): a failed enable leaves no file, descriptor or mapping behind.
+        let discard = |err: io::Error| {
+            let _ = std::fs::remove_file(&path);
+            err
+        };
         let mut header = Vec::with_capacity(jitdump::HEADER_SIZE);
         jitdump::encode_header(&mut header, arch.elf_machine, pid, monotonic_ns());
         let writer = writer_alias(&path, &file).unwrap_or(file);
-        let mut file = AppendFile::new(writer, path, 0)?;
-        file.append(&header);
-        if let Some(failure) = file.failure() {
-            return Err(io::Error::other(failure.to_owned()));
-        }
-        Ok(JitDumpFile {
+        let file = match AppendFile::new(writer, path.clone(), 0) {
+            Ok(file) => file,
+            Err(err) => {
+                // SAFETY: the marker page mapped above; nothing else refers to it yet.
+                unsafe { libc::munmap(marker, 4096) };
+                return Err(discard(err));
+            }
+        };
+        let mut dump = JitDumpFile {
             file,
             arch,
             unwind: unwind::unwind_info(arch),
@@ -98,7 +109,12 @@ impl JitDumpFile {
             pid,
             marker: marker as usize,
             record: Vec::with_capacity(1024),
-        })
+        };
+        dump.file.append(&header);
+        if let Some(failure) = dump.file.failure() {
+            return Err(discard(io::Error::other(failure.to_owned())));
+        }
+        Ok(dump)
     }
 
     pub fn path(&self) -> &Path {
@@ -121,8 +137,9 @@ impl JitDumpFile {
         let index = self.next_index;
         self.next_index += 1;
         let code = jitdump::salted_code(self.arch, index, self.salt);
+        let filename = bounded_filename(filename);
         self.record.clear();
-        jitdump::encode_debug_info(&mut self.record, now, addr as u64, code.len() as u64, filename, line);
+        jitdump::encode_debug_info(&mut self.record, now, addr as u64, code.len() as u64, &filename, line);
         jitdump::encode_unwinding_info(&mut self.record, now, &self.unwind);
         jitdump::encode_code_load(&mut self.record, self.pid, thread_id(), now, addr as u64, &code, index, name);
         self.file.append(&self.record);
@@ -150,10 +167,41 @@ impl JitDumpFile {
 
     /// In a fork child: forget the parent's file (the inherited PROT_EXEC mapping is the
     /// parent's; it stays mapped, harmlessly).
-    pub fn abandon(self) {
-        let _ = self.marker;
-        self.file.abandon();
+    pub fn abandon(mut self) {
+        // Drop then closes the file and unmaps the writer's window, and leaves the marker.
+        self.marker = 0;
     }
+}
+
+impl Drop for JitDumpFile {
+    /// Only a dump discarded by a failed `enable` is dropped (the profiler's lives as long as
+    /// the process): its executable marker goes too, so perf never sees a mapping of a dump that
+    /// was removed.
+    fn drop(&mut self) {
+        if self.marker != 0 {
+            // SAFETY: `marker` is the one-page mapping made in `create_with_index`, which nothing
+            // reads or runs through.
+            unsafe { libc::munmap(self.marker as *mut libc::c_void, 4096) };
+        }
+    }
+}
+
+/// DEBUG_INFO's file name (already escaped: UTF-8), bounded like the file name in a symbol name:
+/// `...` and the last [`names::MAX_FILENAME`] bytes, cut at a character boundary. It is written
+/// twice per trampoline and shared by every function of a module, so an unbounded one (code
+/// compiled with its source text as the file name) would multiply the dump's size.
+fn bounded_filename(filename: &[u8]) -> Cow<'_, [u8]> {
+    if filename.len() <= names::MAX_FILENAME {
+        return Cow::Borrowed(filename);
+    }
+    let mut cut = filename.len() - names::MAX_FILENAME;
+    while cut < filename.len() && filename[cut] & 0xc0 == 0x80 {
+        cut += 1; // a UTF-8 continuation byte: move to the next character's start
+    }
+    let mut bounded = Vec::with_capacity(3 + filename.len() - cut);
+    bounded.extend_from_slice(b"...");
+    bounded.extend_from_slice(&filename[cut..]);
+    Cow::Owned(bounded)
 }
 
 /// The same file opened under another (immediately removed) name, for writing.
@@ -244,4 +292,21 @@ fn random_salt() -> u64 {
         salt = monotonic_ns() ^ (u64::from(std::process::id()) << 32);
     }
     salt
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_info_file_names_are_bounded_keeping_the_end() {
+        assert_eq!(&*bounded_filename(b"/t/a.py"), b"/t/a.py");
+        let exact = vec![b'd'; names::MAX_FILENAME];
+        assert_eq!(&*bounded_filename(&exact), &exact[..]);
+        let long = format!("/{}/base.py", "\u{20ac}".repeat(3000));
+        let bounded = bounded_filename(long.as_bytes());
+        let text = std::str::from_utf8(&bounded).expect("cut at a character boundary");
+        assert!(text.starts_with("...") && text.ends_with("/base.py"), "{text}");
+        assert!(bounded.len() <= names::MAX_FILENAME + 3);
+    }
 }

@@ -25,6 +25,9 @@ pub mod profiler;
 pub mod stack_guard;
 pub mod unwind;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use pyo3::create_exception;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;

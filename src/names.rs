@@ -2,7 +2,8 @@
 //! names them, made safe for perf's line-based map and NUL-terminated jitdump strings.
 //!
 //! Every byte that could break a record is escaped: control characters (newline, tab, NUL,
-//! DEL...) become `\n`, `\t`, `\xHH`; bytes that are not UTF-8 become `\xHH`. Very long parts
+//! DEL, C1 controls such as NEL...) become `\n`, `\t`, `\xHH`; line/paragraph separators
+//! and bidi formatting characters become `\uHHHH`; bytes that are not UTF-8 become `\xHH`. Very long parts
 //! are shortened (the start of a qualname and the end of a file name are what identify them).
 
 /// Longest qualname kept, in bytes, before `...` is appended.
@@ -77,7 +78,14 @@ pub fn push_escaped(out: &mut Vec<u8>, input: &[u8]) {
                 '\n' => out.extend_from_slice(b"\\n"),
                 '\r' => out.extend_from_slice(b"\\r"),
                 '\t' => out.extend_from_slice(b"\\t"),
-                c if (c as u32) < 0x20 || c as u32 == 0x7f => push_hex(out, c as u8),
+                // C0, DEL and C1 controls (C1 = U+0080..U+009F: NEL ends a line for Python's
+                // str.splitlines(), CSI drives terminals), as Python's repr writes them: \xHH.
+                c if (c as u32) < 0x20 || (0x7f..=0x9f).contains(&(c as u32)) => {
+                    push_hex(out, c as u32 as u8)
+                }
+                // Line/paragraph separators (lines for str.splitlines() and editors) and bidi
+                // formatting characters (they reorder what a viewer shows): \uHHHH.
+                c if is_separator_or_bidi(c) => push_u16_escape(out, c as u32 as u16),
                 c => {
                     let mut buf = [0u8; 4];
                     out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
@@ -87,6 +95,18 @@ pub fn push_escaped(out: &mut Vec<u8>, input: &[u8]) {
         for &byte in chunk.invalid() {
             push_hex(out, byte);
         }
+    }
+}
+
+fn is_separator_or_bidi(c: char) -> bool {
+    matches!(c, '\u{2028}' | '\u{2029}' | '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+fn push_u16_escape(out: &mut Vec<u8>, unit: u16) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.extend_from_slice(b"\\u");
+    for shift in [12, 8, 4, 0] {
+        out.push(HEX[((unit >> shift) & 15) as usize]);
     }
 }
 
@@ -118,6 +138,24 @@ mod tests {
     #[test]
     fn control_characters_are_escaped() {
         assert_eq!(name(b"a\nb", b"x\ty\r\0z\x7f\x1b"), "py::a\\nb:x\\ty\\r\\x00z\\x7f\\x1b");
+    }
+
+    #[test]
+    fn c1_controls_separators_and_bidi_marks_are_escaped() {
+        assert_eq!(
+            name("a\u{85}b\u{9b}c".as_bytes(), "\u{80}\u{9f}".as_bytes()),
+            "py::a\\x85b\\x9bc:\\x80\\x9f"
+        );
+        assert_eq!(name("l\u{2028}p\u{2029}".as_bytes(), b"f"), "py::l\\u2028p\\u2029:f");
+        assert_eq!(
+            name("x\u{202e}y\u{200f}z\u{2066}".as_bytes(), "\u{061c}.py".as_bytes()),
+            "py::x\\u202ey\\u200fz\\u2066:\\u061c.py"
+        );
+        // Neighbours that are ordinary text stay as they are.
+        assert_eq!(
+            name("\u{a0}\u{200b}\u{2027}\u{202f}\u{2065}".as_bytes(), b"f"),
+            "py::\u{a0}\u{200b}\u{2027}\u{202f}\u{2065}:f"
+        );
     }
 
     #[test]

@@ -23,7 +23,9 @@ impl PerfMap {
     /// file with other hard links, a non-regular file, or one owned by another user.
     pub fn open(pid: u32) -> io::Result<Self> {
         let path = path_for(pid);
-        let file = open_owned_file(&path)?;
+        let mut file = open_owned_file(&path)?;
+        // Best effort: if it fails, so will the first append, which reports it.
+        let _ = end_torn_line(&mut file);
         Ok(PerfMap { file: AppendFile::new(file, path, b'\n')?, line: Vec::with_capacity(256) })
     }
 
@@ -67,6 +69,22 @@ impl PerfMap {
     pub fn abandon(self) {
         self.file.abandon();
     }
+}
+
+/// A stale map (an earlier process with our pid, killed mid-write) may end inside a line: end
+/// that line, so our first entry is a line of its own instead of being glued to it.
+fn end_torn_line(file: &mut File) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, len - 1)?;
+    if last[0] != b'\n' {
+        file.write_all(b"\n")?; // O_APPEND: at the end
+    }
+    Ok(())
 }
 
 /// `<addr> <size> <name>\n`, lowercase hex without 0x, as CPython writes it.
@@ -132,6 +150,22 @@ mod tests {
         let mut out = Vec::new();
         format_entry(&mut out, 0x7f3529fcf759, 0xb, b"py::bar:/run/t.py");
         assert_eq!(out, b"7f3529fcf759 b py::bar:/run/t.py\n");
+    }
+
+    #[test]
+    fn a_torn_last_line_of_a_stale_map_is_ended() {
+        let path = std::env::temp_dir().join(format!("perftramp-torn-{}.map", std::process::id()));
+        for (old, expected) in [
+            (&b""[..], &b""[..]),
+            (b"1 2 py::a\n", b"1 2 py::a\n"),
+            (b"1 2 py::a\n3 4 py::tor", b"1 2 py::a\n3 4 py::tor\n"),
+        ] {
+            std::fs::write(&path, old).unwrap();
+            let mut file = open_owned_file(&path).unwrap();
+            end_torn_line(&mut file).unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), expected);
+        }
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
