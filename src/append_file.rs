@@ -120,7 +120,11 @@ impl AppendFile {
         // writable mapping of this file; `record` cannot overlap it (it is not ours to hand out).
         unsafe {
             let dst = window.ptr.as_ptr().add(at);
-            std::ptr::copy_nonoverlapping(record.as_ptr().add(head), dst.add(head), record.len() - head);
+            std::ptr::copy_nonoverlapping(
+                record.as_ptr().add(head),
+                dst.add(head),
+                record.len() - head,
+            );
             std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::Release);
             std::ptr::copy_nonoverlapping(record.as_ptr(), dst, head);
         }

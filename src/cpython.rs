@@ -135,7 +135,10 @@ static DIRECT_CODE_EXTRA: std::sync::atomic::AtomicBool = std::sync::atomic::Ato
 /// # Safety
 /// `code` is a live code object, `index` came from [`new_code_extra_index`]; GIL held.
 #[inline(always)]
-pub unsafe fn code_extra<const DIRECT: bool>(code: *mut PyObject, index: Py_ssize_t) -> *mut c_void {
+pub unsafe fn code_extra<const DIRECT: bool>(
+    code: *mut PyObject,
+    index: Py_ssize_t,
+) -> *mut c_void {
     if let (true, Some(offset)) = (DIRECT, CO_EXTRA_OFFSET) {
         // What _PyCode_GetExtra does, inline.
         let extra = *(code as *const u8).add(offset).cast::<*const CodeObjectExtra>();
@@ -166,7 +169,11 @@ pub unsafe fn verify_direct_code_extra(index: Py_ssize_t) -> bool {
         return DIRECT_CODE_EXTRA.load(Relaxed);
     }
     let saved = SavedError::take();
-    let code = ffi::Py_CompileString(c"0".as_ptr(), c"<perftramp layout check>".as_ptr(), ffi::Py_eval_input);
+    let code = ffi::Py_CompileString(
+        c"0".as_ptr(),
+        c"<perftramp layout check>".as_ptr(),
+        ffi::Py_eval_input,
+    );
     let mut ok = false;
     if is_code(code) {
         let sentinel = 0x5eed_usize as *mut c_void;
@@ -237,7 +244,8 @@ mod c_recursion {
 }
 
 #[cfg(all(Py_3_12, not(Py_3_14)))]
-static REFUND_C_RECURSION: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static REFUND_C_RECURSION: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 /// Below this many C-recursion units left, calls through the hook are refunded. Above it they
 /// are charged like any evaluator entry: shallow code (the common case) pays nothing extra, deep

@@ -82,7 +82,11 @@ pub fn render(lines: &[&str], title: &str, subtitle: Option<&str>) -> io::Result
     options.name_type = "Function:".to_owned();
     options.palette_map = Some(&mut palette_map);
     let mut svg = Vec::new();
-    flamegraph::from_lines(&mut options, lines.iter().flat_map(|text| stack_lines(text)), &mut svg)?;
+    flamegraph::from_lines(
+        &mut options,
+        lines.iter().flat_map(|text| stack_lines(text)),
+        &mut svg,
+    )?;
     String::from_utf8(svg).map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))
 }
 
@@ -100,9 +104,9 @@ pub fn render_flamegraph(
     let texts: Vec<String> = if let Ok(text) = collapsed_lines.cast::<PyString>() {
         vec![text.to_str()?.to_owned()]
     } else {
-        collapsed_lines.extract().map_err(|_| {
-            PyTypeError::new_err("collapsed_lines must be a str or a list of str")
-        })?
+        collapsed_lines
+            .extract()
+            .map_err(|_| PyTypeError::new_err("collapsed_lines must be a str or a list of str"))?
     };
     py.detach(|| {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();

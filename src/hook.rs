@@ -152,7 +152,11 @@ static OURS: AtomicUsize = AtomicUsize::new(0);
 /// unwinds and clears the frame itself.
 #[cold]
 #[inline(never)]
-unsafe fn overflow(tstate: *mut PyThreadState, frame: *mut Frame, evaluator: EvalFrameFn) -> *mut PyObject {
+unsafe fn overflow(
+    tstate: *mut PyThreadState,
+    frame: *mut Frame,
+    evaluator: EvalFrameFn,
+) -> *mut PyObject {
     cpython::set_recursion_error(
         c"maximum recursion depth exceeded: the C stack is nearly exhausted (with perftramp on, every \
           Python call uses C stack; lower sys.setrecursionlimit() or give the thread a larger stack: \

@@ -66,7 +66,8 @@ pub fn retarget_records(records: &mut [u8], pid: u32, tid: u32, timestamp: u64) 
     let mut pos = 0;
     while pos + PREFIX_SIZE <= records.len() {
         let id = u32::from_ne_bytes(records[pos..pos + 4].try_into().expect("4 bytes"));
-        let size = u32::from_ne_bytes(records[pos + 4..pos + 8].try_into().expect("4 bytes")) as usize;
+        let size =
+            u32::from_ne_bytes(records[pos + 4..pos + 8].try_into().expect("4 bytes")) as usize;
         if size < PREFIX_SIZE || pos + size > records.len() {
             break;
         }
@@ -78,6 +79,41 @@ pub fn retarget_records(records: &mut [u8], pid: u32, tid: u32, timestamp: u64) 
         pos += size;
     }
     pos
+}
+
+/// What an existing dump holds, if it is a dump this process may continue: a valid header for
+/// `elf_machine` and `pid` (written by the program image this one was exec'd from, which has our
+/// pid). Returns the length of its complete records (anything after, filler of an image that
+/// never exited normally or a torn record, is to be cut) and the next unused code index.
+pub fn continuable(dump: &[u8], elf_machine: u32, pid: u32) -> Option<(usize, u64)> {
+    let word = |at: usize| -> Option<u32> {
+        Some(u32::from_ne_bytes(dump.get(at..at + 4)?.try_into().ok()?))
+    };
+    let header_ok = dump.len() >= HEADER_SIZE
+        && word(0) == Some(MAGIC)
+        && word(4) == Some(VERSION)
+        && word(8) == Some(HEADER_SIZE as u32)
+        && word(12) == Some(elf_machine)
+        && word(20) == Some(pid);
+    if !header_ok {
+        return None;
+    }
+    let mut pos = HEADER_SIZE;
+    let mut next_index = 0;
+    while pos + PREFIX_SIZE <= dump.len() {
+        let id = word(pos)?;
+        let size = word(pos + 4)? as usize;
+        if size < PREFIX_SIZE || pos + size > dump.len() {
+            break;
+        }
+        if id == JIT_CODE_LOAD && size >= PREFIX_SIZE + 40 {
+            let at = pos + PREFIX_SIZE + 32;
+            let index = u64::from_ne_bytes(dump[at..at + 8].try_into().ok()?);
+            next_index = next_index.max(index + 1);
+        }
+        pos += size;
+    }
+    Some((pos, next_index))
 }
 
 /// The 40-byte file header (flags 0: timestamps are CLOCK_MONOTONIC nanoseconds).
@@ -187,7 +223,16 @@ mod tests {
             let addr = 0x7000_0000 + index * 96;
             encode_debug_info(&mut records, 5, addr, 20, b"/t.py", 3);
             encode_unwinding_info(&mut records, 5, &unwind);
-            encode_code_load(&mut records, 100, 101, 5, addr, &salted_code(arch, index, 9), index, b"py::f:/t.py");
+            encode_code_load(
+                &mut records,
+                100,
+                101,
+                5,
+                addr,
+                &salted_code(arch, index, 9),
+                index,
+                b"py::f:/t.py",
+            );
         }
         let complete = records.len();
         records.extend_from_slice(&[0u8; 64]); // filler after the last record
@@ -208,6 +253,39 @@ mod tests {
         // A torn record at the end is left out.
         let mut torn = records[..complete - 10].to_vec();
         assert!(retarget_records(&mut torn, 1, 1, 1) < complete - 10);
+    }
+
+    #[test]
+    fn a_dump_of_our_pid_is_continued_after_its_last_complete_record() {
+        let arch = &x86_64::ARCH;
+        let unwind = unwind_info(arch);
+        let mut dump = Vec::new();
+        encode_header(&mut dump, 62, 300, 1);
+        for index in [0u64, 1, 7] {
+            encode_debug_info(&mut dump, 5, 0x1000 * index, 16, b"/t.py", 1);
+            encode_unwinding_info(&mut dump, 5, &unwind);
+            encode_code_load(
+                &mut dump,
+                300,
+                300,
+                5,
+                0x1000 * index,
+                &salted_code(arch, index, 3),
+                index,
+                b"py::f:/t.py",
+            );
+        }
+        let complete = dump.len();
+        dump.extend_from_slice(&[0u8; 100]); // filler of an image that exec'd
+        assert_eq!(continuable(&dump, 62, 300), Some((complete, 8)));
+        assert_eq!(continuable(&dump, 62, 301), None, "another pid's dump");
+        assert_eq!(continuable(&dump, 183, 300), None, "another machine's dump");
+        assert_eq!(continuable(b"OLD-DUMP-BYTES", 62, 300), None);
+        let mut torn = dump[..complete - 3].to_vec();
+        let (end, _) = continuable(&torn, 62, 300).unwrap();
+        assert!(end < complete - 3);
+        torn.truncate(end);
+        assert!(JitDumpReader::new(&torn[..]).is_ok());
     }
 
     #[test]

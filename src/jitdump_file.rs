@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::append_file::AppendFile;
 use crate::arch::Arch;
+use crate::file_error::{annotate, refusal};
 use crate::jitdump;
 use crate::names;
 use crate::unwind::{self, UnwindInfo};
@@ -55,9 +56,18 @@ impl JitDumpFile {
         Self::create_with_index(&directory, pid, self.arch, self.next_index)
     }
 
-    fn create_with_index(directory: &Path, pid: u32, arch: &'static Arch, next_index: u64) -> io::Result<Self> {
+    fn create_with_index(
+        directory: &Path,
+        pid: u32,
+        arch: &'static Arch,
+        next_index: u64,
+    ) -> io::Result<Self> {
         let path = path_for(directory, pid);
-        let file = create_fresh(&path)?;
+        let (file, continued) = match continue_exec_predecessor(&path, arch, pid) {
+            Some((file, next)) => (file, Some(next)),
+            None => (create_fresh(&path)?, None),
+        };
+        let next_index = next_index.max(continued.unwrap_or(0));
         // SAFETY: maps one page of a file we hold open for reading; PROT_EXEC without write is
         // what perf looks for, and nothing ever reads or runs through this mapping.
         let marker = unsafe {
@@ -72,21 +82,22 @@ impl JitDumpFile {
         };
         if marker == libc::MAP_FAILED {
             let err = io::Error::last_os_error();
-            let _ = std::fs::remove_file(&path);
-            return Err(io::Error::new(
-                err.kind(),
-                format!(
-                    "cannot map {} executable ({err}): perf finds a jitdump only through an \
-                     executable mapping; is {} mounted noexec? choose another directory=",
-                    path.display(),
-                    directory.display()
-                ),
-            ));
+            if continued.is_none() {
+                let _ = std::fs::remove_file(&path);
+            }
+            let what = format!(
+                "perf finds a jitdump only through an executable mapping (is {} mounted noexec? \
+                 choose another directory=); cannot map executable",
+                directory.display()
+            );
+            return Err(annotate(err, &path, &what));
         }
         // From here on, a failure removes the file, and dropping what was made unmaps it
         // (Drop): a failed enable leaves no file, descriptor or mapping behind.
         let discard = |err: io::Error| {
-            let _ = std::fs::remove_file(&path);
+            if continued.is_none() {
+                let _ = std::fs::remove_file(&path);
+            }
             err
         };
         let mut header = Vec::with_capacity(jitdump::HEADER_SIZE);
@@ -110,7 +121,9 @@ impl JitDumpFile {
             marker: marker as usize,
             record: Vec::with_capacity(1024),
         };
-        dump.file.append(&header);
+        if continued.is_none() {
+            dump.file.append(&header);
+        }
         if let Some(failure) = dump.file.failure() {
             return Err(discard(io::Error::other(failure.to_owned())));
         }
@@ -139,9 +152,25 @@ impl JitDumpFile {
         let code = jitdump::salted_code(self.arch, index, self.salt);
         let filename = bounded_filename(filename);
         self.record.clear();
-        jitdump::encode_debug_info(&mut self.record, now, addr as u64, code.len() as u64, &filename, line);
+        jitdump::encode_debug_info(
+            &mut self.record,
+            now,
+            addr as u64,
+            code.len() as u64,
+            &filename,
+            line,
+        );
         jitdump::encode_unwinding_info(&mut self.record, now, &self.unwind);
-        jitdump::encode_code_load(&mut self.record, self.pid, thread_id(), now, addr as u64, &code, index, name);
+        jitdump::encode_code_load(
+            &mut self.record,
+            self.pid,
+            thread_id(),
+            now,
+            addr as u64,
+            &code,
+            index,
+            name,
+        );
         self.file.append(&self.record);
     }
 
@@ -228,6 +257,31 @@ fn writer_alias(path: &Path, dump: &File) -> Option<File> {
     (a.dev() == b.dev() && a.ino() == b.ino()).then_some(writer)
 }
 
+/// After `exec`, the new program image has the old one's pid and finds its dump: continue it
+/// (so samples taken before the exec still resolve) rather than replace it. Only a regular,
+/// singly-linked file of ours whose header names this pid and machine qualifies; what follows
+/// its last complete record (filler: an exec'd image never trims) is cut. Returns the file and
+/// the next unused code index, or `None` (then the dump is created fresh).
+fn continue_exec_predecessor(path: &Path, arch: &Arch, pid: u32) -> Option<(File, u64)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if !meta.file_type().is_file() || meta.uid() != euid || meta.nlink() != 1 {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::io::Read::read_to_end(&mut &file, &mut bytes).ok()?;
+    let (end, next_index) = jitdump::continuable(&bytes, arch.elf_machine, pid)?;
+    file.set_len(end as u64).ok()?;
+    Some((file, next_index))
+}
+
 /// Creates `path` as a new private file (O_EXCL), never writing through what was there: a stale
 /// dump of ours (an earlier process with the same pid) is removed first; anything else is refused.
 fn create_fresh(path: &Path) -> io::Result<File> {
@@ -243,27 +297,23 @@ fn create_fresh(path: &Path) -> io::Result<File> {
     match open() {
         Ok(file) => return Ok(file),
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(err) => {
-            return Err(io::Error::new(err.kind(), format!("cannot create {}: {err}", path.display())))
-        }
+        Err(err) => return Err(annotate(err, path, "cannot create")),
     }
-    let meta = std::fs::symlink_metadata(path)
-        .map_err(|err| io::Error::new(err.kind(), format!("cannot stat {}: {err}", path.display())))?;
+    let meta = std::fs::symlink_metadata(path).map_err(|err| annotate(err, path, "cannot stat"))?;
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     if !meta.file_type().is_file() || meta.uid() != euid {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
+        return Err(refusal(
+            path,
+            "refusing to replace",
             format!(
-                "refusing to replace {}: it is not a regular file of uid {euid}; remove it or choose another directory=",
-                path.display()
+                "it is not a regular file of uid {euid}; remove it or choose another directory="
             ),
         ));
     }
     // A stale dump of an earlier process with our pid: replace it rather than append to it.
-    std::fs::remove_file(path)
-        .map_err(|err| io::Error::new(err.kind(), format!("cannot remove stale {}: {err}", path.display())))?;
-    open().map_err(|err| io::Error::new(err.kind(), format!("cannot create {}: {err}", path.display())))
+    std::fs::remove_file(path).map_err(|err| annotate(err, path, "cannot remove stale"))?;
+    open().map_err(|err| annotate(err, path, "cannot create"))
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: what `perf record -k 1` timestamps samples with.

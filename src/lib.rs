@@ -15,6 +15,7 @@ pub mod append_file;
 pub mod arch;
 pub mod arena;
 pub mod cpython;
+pub mod file_error;
 pub mod flamegraph;
 pub mod hook;
 pub mod jitdump;
@@ -58,9 +59,14 @@ fn enable_error(err: EnableError) -> PyErr {
     match err {
         EnableError::Unsupported(why) => UnsupportedError::new_err(why),
         EnableError::Conflict(why) => ConflictError::new_err(why),
-        EnableError::Io(err) => {
-            PyOSError::new_err((err.raw_os_error().unwrap_or(0), err.to_string()))
-        }
+        EnableError::Io(err) => match file_error::file_error(&err) {
+            // OSError(errno, message, filename): errno, strerror and filename attributes set.
+            Some(f) => {
+                let filename = f.path.as_os_str().to_owned(); // a str, as os functions give
+                PyOSError::new_err((f.errno, format!("{}: {}", f.what, f.detail), filename))
+            }
+            None => PyOSError::new_err((file_error::errno_of(&err), err.to_string())),
+        },
     }
 }
 

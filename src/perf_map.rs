@@ -8,6 +8,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::append_file::AppendFile;
+use crate::file_error::{annotate, refusal};
 
 pub fn path_for(pid: u32) -> PathBuf {
     PathBuf::from(format!("/tmp/perf-{pid}.map"))
@@ -108,15 +109,12 @@ pub fn open_owned_file(path: &Path) -> io::Result<File> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
-        .map_err(|err| with_path(err, path, "cannot open"))?;
-    let meta = file.metadata().map_err(|err| with_path(err, path, "cannot stat"))?;
+        .map_err(|err| annotate(err, path, "cannot open"))?;
+    let meta = file.metadata().map_err(|err| annotate(err, path, "cannot stat"))?;
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     let refuse = |why: &str| {
-        Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!("refusing to write {}: {why}; remove it and try again", path.display()),
-        ))
+        Err(refusal(path, "refusing to write", format!("{why}; remove it and try again")))
     };
     if !meta.file_type().is_file() {
         return refuse("it is not a regular file");
@@ -132,13 +130,9 @@ pub fn open_owned_file(path: &Path) -> io::Result<File> {
     }
     if meta.permissions().mode() & 0o077 != 0 {
         file.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(|err| with_path(err, path, "cannot make private"))?;
+            .map_err(|err| annotate(err, path, "cannot make private"))?;
     }
     Ok(file)
-}
-
-fn with_path(err: io::Error, path: &Path, what: &str) -> io::Error {
-    io::Error::new(err.kind(), format!("{what} {}: {err}", path.display()))
 }
 
 #[cfg(test)]

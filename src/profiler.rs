@@ -404,8 +404,11 @@ impl Profiler {
             }
         }
         if let Some(old) = self.jitdump.take() {
-            let inherited =
-                if self.persist_after_fork { old.records_for_child(self.pid) } else { Ok(Vec::new()) };
+            let inherited = if self.persist_after_fork {
+                old.records_for_child(self.pid)
+            } else {
+                Ok(Vec::new())
+            };
             let created = old.create_for_child(self.pid);
             old.abandon();
             match created {
@@ -420,7 +423,10 @@ impl Profiler {
                     self.jitdump = Some(dump)
                 }
                 Err(err) => {
-                    eprintln!("perftramp: in fork child {}: {err}; no jitdump is written", self.pid);
+                    eprintln!(
+                        "perftramp: in fork child {}: {err}; no jitdump is written",
+                        self.pid
+                    );
                     self.exec_failure.get_or_insert_with(|| format!("jitdump after fork: {err}"));
                 }
             }
@@ -464,14 +470,14 @@ fn install_process_hooks() {
 fn check_directory(dir: &Path) -> Result<(), EnableError> {
     match std::fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => Ok(()),
-        Ok(_) => Err(EnableError::Io(io::Error::new(
-            io::ErrorKind::NotADirectory,
-            format!("jitdump directory {} is not a directory", dir.display()),
+        Ok(_) => Err(EnableError::Io(crate::file_error::annotate(
+            io::Error::from_raw_os_error(libc::ENOTDIR),
+            dir,
+            "jitdump directory",
         ))),
-        Err(err) => Err(EnableError::Io(io::Error::new(
-            err.kind(),
-            format!("jitdump directory {}: {err}", dir.display()),
-        ))),
+        Err(err) => {
+            Err(EnableError::Io(crate::file_error::annotate(err, dir, "jitdump directory")))
+        }
     }
 }
 

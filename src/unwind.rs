@@ -438,8 +438,8 @@ mod tests {
         assert_eq!(at(5), (RSP, 16, Some(RegisterRule::Offset(-16)), ra()));
         assert_eq!(at(9), (RBP, 16, Some(RegisterRule::Offset(-16)), ra())); // inside call *rcx
         assert_eq!(at(11), (RSP, 8, None, ra())); // at ret
-        // Stub 12 bytes + 4 salt bytes: code_size 16, .eh_frame at align8(16) = 16 after .text,
-        // so the hdr's initial location is -(16 + eh_frame.len()).
+                                                  // Stub 12 bytes + 4 salt bytes: code_size 16, .eh_frame at align8(16) = 16 after .text,
+                                                  // so the hdr's initial location is -(16 + eh_frame.len()).
         let loc = i32::from_ne_bytes(info.eh_frame_hdr[12..16].try_into().unwrap());
         assert_eq!(loc, -(16 + info.eh_frame.len() as i32));
     }

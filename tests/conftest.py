@@ -29,7 +29,7 @@ def pytest_configure(config: pytest.Config) -> None:
         import perftramp
 
         perftramp.enable.__defaults__ = (mode,)
-        perftramp.enabled.__wrapped__.__defaults__ = (mode,)  # type: ignore[attr-defined]
+        perftramp.enabled.__init__.__defaults__ = (mode,)  # type: ignore[misc]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:

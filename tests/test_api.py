@@ -127,7 +127,9 @@ def test_unwritable_map_path_raises_oserror_and_leaves_nothing_enabled(run_pytho
             try:
                 perftramp.enable()
             except OSError as err:
+                import errno
                 assert path in str(err), err
+                assert err.errno == errno.ELOOP and err.filename == path, (err.errno, err.filename)
                 print('raised', err)
             else:
                 raise AssertionError('enable wrote through a symlink')

@@ -353,3 +353,35 @@ def test_perf_sees_exactly_one_mapping_named_like_the_dump(perf, tmp_path):
     raw = subprocess.run([perf, "report", "-D", "-i", str(data)], capture_output=True, text=True, env=env).stdout
     named = [line for line in raw.splitlines() if "PERF_RECORD_MMAP" in line and line.endswith(f"jit-{pid}.dump")]
     assert len(named) == 1 and " r-xp " in named[0], named
+
+
+def test_exec_continues_the_previous_images_dump(tmp_path):
+    """After os.exec*, the new image has the same pid: it continues the dump (samples taken
+    before the exec still resolve) instead of replacing it, with code indexes that do not
+    collide (perf inject names its files jitted-<pid>-<index>.so)."""
+    second = tmp_path / "second.py"
+    second.write_text(
+        "import os, perftramp\n"
+        f"perftramp.enable('jit', directory={str(tmp_path)!r})\n"
+        "def image_b(): return 2\n"
+        "image_b()\n"
+        "print(os.getpid(), flush=True)\n"
+    )
+    first = tmp_path / "first.py"
+    first.write_text(
+        "import os, sys, perftramp\n"
+        f"perftramp.enable('jit', directory={str(tmp_path)!r})\n"
+        "def image_a(): return 1\n"
+        "image_a()\n"
+        f"os.execv(sys.executable, [sys.executable, {str(second)!r}])\n"
+    )
+    out = subprocess.run([sys.executable, str(first)], capture_output=True, text=True, check=True)
+    pid = int(out.stdout)
+    header, records = read_dump(tmp_path / f"jit-{pid}.dump")
+    assert header[5] == pid
+    names = load_names(records)
+    assert any(n.startswith("py::image_a:") for n in names), names
+    assert any(n.startswith("py::image_b:") for n in names), names
+    indexes = [struct.unpack_from("=Q", body, 32)[0] for rid, body in records if rid == CODE_LOAD]
+    assert len(set(indexes)) == len(indexes), "code indexes collide across the exec"
+    assert [rid for rid, _ in records] == [DEBUG_INFO, UNWINDING_INFO, CODE_LOAD] * (len(records) // 3)

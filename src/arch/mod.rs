@@ -151,7 +151,9 @@ mod tests {
             assert_eq!(arch.slot_template.len(), arch.slot_stride, "{}", arch.name);
             assert_eq!(&arch.slot_template[..arch.code.len()], arch.code, "{}", arch.name);
             assert_eq!((arch.slot_template.len() - arch.code.len()) % arch.trap.len(), 0);
-            assert!(arch.slot_template[arch.code.len()..].chunks(arch.trap.len()).all(|t| t == arch.trap));
+            assert!(arch.slot_template[arch.code.len()..]
+                .chunks(arch.trap.len())
+                .all(|t| t == arch.trap));
             assert_eq!(arch.unwind.first().map(|r| r.offset), Some(0), "{}", arch.name);
             assert!(
                 arch.unwind.windows(2).all(|w| w[0].offset < w[1].offset),
