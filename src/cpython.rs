@@ -158,6 +158,12 @@ pub fn direct_code_extra() -> bool {
     DIRECT_CODE_EXTRA.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Whether new trampolines are named from the code object's fields (layout verified) rather
+/// than through attribute lookups.
+pub fn direct_code_names() -> bool {
+    DIRECT_CODE_NAMES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Checks the direct `co_extra` read against CPython's API on a fresh code object and turns it
 /// on if they agree (else the API is used). Returns whether the direct read is on.
 ///
@@ -169,13 +175,17 @@ pub unsafe fn verify_direct_code_extra(index: Py_ssize_t) -> bool {
         return DIRECT_CODE_EXTRA.load(Relaxed);
     }
     let saved = SavedError::take();
+    // Three blank lines: a first line number no other field could hold by chance.
     let code = ffi::Py_CompileString(
-        c"0".as_ptr(),
+        c"\n\n\n0".as_ptr(),
         c"<perftramp layout check>".as_ptr(),
         ffi::Py_eval_input,
     );
     let mut ok = false;
     if is_code(code) {
+        if let Some(offsets) = CODE_NAME_OFFSETS {
+            DIRECT_CODE_NAMES.store(code_names_match(code, offsets), Relaxed);
+        }
         let sentinel = 0x5eed_usize as *mut c_void;
         let empty = code_extra::<true>(code, index).is_null();
         let set = code_set_extra(code, index, sentinel) == 0;
@@ -329,13 +339,26 @@ const QUALNAME_ATTR: &CStr = c"co_name";
 /// `code` is a live code object; GIL held.
 pub unsafe fn with_code_names<R>(code: *mut PyObject, f: impl FnOnce(&CodeNames<'_>) -> R) -> R {
     let saved = SavedError::take();
-    let qualname = OwnedUtf8::of_attr(code, QUALNAME_ATTR);
-    let filename = OwnedUtf8::of_attr(code, c"co_filename");
-    let firstlineno = {
-        let obj = ffi::PyObject_GetAttrString(code, c"co_firstlineno".as_ptr());
-        let line = if obj.is_null() { 0 } else { ffi::PyLong_AsLong(obj) };
-        ffi::Py_XDECREF(obj);
-        line.clamp(0, i32::MAX as _) as i32
+    let (qualname, filename, firstlineno) = match CODE_NAME_OFFSETS {
+        Some(offsets) if DIRECT_CODE_NAMES.load(std::sync::atomic::Ordering::Relaxed) => {
+            // The fields themselves (layout verified at enable): no attribute lookups.
+            let field = |offset: usize| {
+                let obj = *(code as *const u8).add(offset).cast::<*mut PyObject>();
+                ffi::Py_XINCREF(obj);
+                obj
+            };
+            let line = *(code as *const u8).add(offsets.firstlineno).cast::<i32>();
+            (
+                OwnedUtf8::of_str(field(offsets.qualname)),
+                OwnedUtf8::of_str(field(offsets.filename)),
+                line.max(0),
+            )
+        }
+        _ => (
+            OwnedUtf8::of_attr(code, QUALNAME_ATTR),
+            OwnedUtf8::of_attr(code, c"co_filename"),
+            firstlineno_attr(code),
+        ),
     };
     let result = f(&CodeNames {
         qualname: qualname.bytes().unwrap_or(b"<unknown>"),
@@ -348,6 +371,51 @@ pub unsafe fn with_code_names<R>(code: *mut PyObject, f: impl FnOnce(&CodeNames<
     result
 }
 
+unsafe fn firstlineno_attr(code: *mut PyObject) -> i32 {
+    let obj = ffi::PyObject_GetAttrString(code, c"co_firstlineno".as_ptr());
+    let line = if obj.is_null() { 0 } else { ffi::PyLong_AsLong(obj) };
+    ffi::Py_XDECREF(obj);
+    line.clamp(0, i32::MAX as _) as i32
+}
+
+/// Where `PyCodeObject` keeps the fields perftramp names trampolines with (offsetof against
+/// each minor version's headers; checked against the attributes at enable).
+#[derive(Clone, Copy)]
+struct CodeNameOffsets {
+    /// `co_qualname` (3.11+) or `co_name`.
+    qualname: usize,
+    filename: usize,
+    /// An `int`.
+    firstlineno: usize,
+}
+
+#[cfg(not(Py_3_11))]
+const CODE_NAME_OFFSETS: Option<CodeNameOffsets> =
+    Some(CodeNameOffsets { qualname: 112, filename: 104, firstlineno: 40 });
+#[cfg(all(Py_3_11, not(Py_3_12)))]
+const CODE_NAME_OFFSETS: Option<CodeNameOffsets> =
+    Some(CodeNameOffsets { qualname: 128, filename: 112, firstlineno: 72 });
+#[cfg(all(Py_3_12, not(Py_3_14)))]
+const CODE_NAME_OFFSETS: Option<CodeNameOffsets> =
+    Some(CodeNameOffsets { qualname: 128, filename: 112, firstlineno: 68 });
+#[cfg(Py_3_14)]
+const CODE_NAME_OFFSETS: Option<CodeNameOffsets> = None;
+
+static DIRECT_CODE_NAMES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Checks [`CODE_NAME_OFFSETS`] on `code` against its attributes.
+unsafe fn code_names_match(code: *mut PyObject, offsets: CodeNameOffsets) -> bool {
+    let same = |offset: usize, attr: &CStr| {
+        let value = ffi::PyObject_GetAttrString(code, attr.as_ptr());
+        let field = *(code as *const u8).add(offset).cast::<*mut PyObject>();
+        ffi::Py_XDECREF(value);
+        !value.is_null() && value == field
+    };
+    same(offsets.qualname, QUALNAME_ATTR)
+        && same(offsets.filename, c"co_filename")
+        && *(code as *const u8).add(offsets.firstlineno).cast::<i32>() == firstlineno_attr(code)
+}
+
 /// UTF-8 bytes of a str attribute, kept alive by the object that owns them.
 struct OwnedUtf8 {
     owner: *mut PyObject,
@@ -357,8 +425,12 @@ struct OwnedUtf8 {
 
 impl OwnedUtf8 {
     unsafe fn of_attr(obj: *mut PyObject, attr: &CStr) -> Self {
+        Self::of_str(ffi::PyObject_GetAttrString(obj, attr.as_ptr()))
+    }
+
+    /// Takes ownership of `value` (a new reference, or null).
+    unsafe fn of_str(value: *mut PyObject) -> Self {
         let none = OwnedUtf8 { owner: ptr::null_mut(), data: ptr::null(), len: 0 };
-        let value = ffi::PyObject_GetAttrString(obj, attr.as_ptr());
         if value.is_null() || ffi::PyUnicode_Check(value) == 0 {
             ffi::Py_XDECREF(value);
             ffi::PyErr_Clear();

@@ -189,6 +189,7 @@ fn native_arch() -> Option<&'static str> {
 fn diagnostics(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("direct_code_extra", cpython::direct_code_extra())?;
+    d.set_item("direct_code_names", cpython::direct_code_names())?;
     d.set_item("c_recursion_refund", cpython::c_recursion_refund())?;
     d.set_item("stack_guard", true)?;
     Ok(d)

@@ -72,6 +72,11 @@ fn push_bounded(out: &mut Vec<u8>, input: &[u8], limit: usize, keep: Keep) {
 
 /// Appends `input` with control characters and invalid UTF-8 escaped.
 pub fn push_escaped(out: &mut Vec<u8>, input: &[u8]) {
+    // Nearly every name is printable ASCII: copy it whole.
+    if input.iter().all(|&b| (0x20..0x7f).contains(&b)) {
+        out.extend_from_slice(input);
+        return;
+    }
     for chunk in input.utf8_chunks() {
         for ch in chunk.valid().chars() {
             match ch {

@@ -92,10 +92,30 @@ fn end_torn_line(file: &mut File) -> io::Result<()> {
 pub fn format_entry(out: &mut Vec<u8>, addr: usize, size: usize, name: &[u8]) {
     debug_assert!(!name.iter().any(|&b| b == b'\n'));
     out.clear();
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "{addr:x} {size:x} ");
+    push_hex(out, addr);
+    out.push(b' ');
+    push_hex(out, size);
+    out.push(b' ');
     out.extend_from_slice(name);
     out.push(b'\n');
+}
+
+/// Lowercase hex without leading zeros (what `{:x}` prints), without the formatting machinery:
+/// this runs once per new function.
+fn push_hex(out: &mut Vec<u8>, value: usize) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 16];
+    let mut at = buf.len();
+    let mut rest = value;
+    loop {
+        at -= 1;
+        buf[at] = DIGITS[rest & 15];
+        rest >>= 4;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[at..]);
 }
 
 /// Opens `path` for appending without following a symlink (O_NOFOLLOW), closed on exec
@@ -144,6 +164,10 @@ mod tests {
         let mut out = Vec::new();
         format_entry(&mut out, 0x7f3529fcf759, 0xb, b"py::bar:/run/t.py");
         assert_eq!(out, b"7f3529fcf759 b py::bar:/run/t.py\n");
+        for value in [0usize, 1, 0xf, 0x10, 0xdead_beef, usize::MAX] {
+            format_entry(&mut out, value, value, b"n");
+            assert_eq!(String::from_utf8(out.clone()).unwrap(), format!("{value:x} {value:x} n\n"));
+        }
     }
 
     #[test]

@@ -217,4 +217,5 @@ def test_version_fast_paths_are_verified_and_on():
     perftramp.enable()
     diag = _perftramp.diagnostics()
     assert diag["direct_code_extra"] is (sys.version_info < (3, 14))
+    assert diag["direct_code_names"] is (sys.version_info < (3, 14))
     assert diag["c_recursion_refund"] is ((3, 12) <= sys.version_info < (3, 14))
