@@ -33,9 +33,12 @@ FULL = [
     "test_generator_stop", "test_thread", "test_threading_local", "test_keywordonlyarg",
     "test_dynamic", "test_extcall", "test_unpack_ex", "test_asyncio.test_tasks",
 ]
+# test_threading is left out of the quick set: its timing-dependent tests hang now and then on a
+# loaded 2-core machine with or without perftramp (test_print_exception_gh_102056 relies on an
+# interrupt arriving within an exponential recursion), costing a whole per-test timeout.
 QUICK = [
     "test_generators", "test_coroutines", "test_asyncgen", "test_exceptions", "test_traceback",
-    "test_sys_settrace", "test_frame", "test_threading", "test_contextlib", "test_scope",
+    "test_sys_settrace", "test_frame", "test_thread", "test_contextlib", "test_scope",
     "test_sys", "test_yield_from", "test_raise", "test_inspect",
 ]
 
@@ -45,7 +48,7 @@ Outcomes = Dict[str, str]
 def run(tests: List[str], env: Dict[str, str], xml: Path) -> Tuple[Outcomes, float, int]:
     start = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "test", "-q", "-j2", "--timeout", "600",
+        [sys.executable, "-m", "test", "-q", "-j2", "--timeout", "300",
          "--junit-xml", str(xml), *tests],
         env=env, capture_output=True, text=True,
     )
