@@ -117,6 +117,30 @@ def perf_record(perf: str, data: Path, command: List[str], *, call_graph: str = 
     return proc
 
 
+# foo <- bar <- baz, hot in foo: `python workload.py MODE SECONDS [JITDUMP_DIRECTORY]`.
+FOO_BAR_BAZ = """\
+import sys, time
+import perftramp
+perftramp.enable(sys.argv[1], directory=sys.argv[3] if len(sys.argv) > 3 else None)
+
+def foo(n):
+    s = 0
+    for i in range(n):
+        s += i * i
+    return s
+
+def bar(n):
+    return foo(n)
+
+def baz(n):
+    return bar(n)
+
+deadline = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < deadline:
+    baz(20000)
+"""
+
+
 def py_name(qualname: str, filename: str) -> str:
     """The name perftramp writes. 3.9/3.10 code objects have no qualname: co_name is used."""
     if sys.version_info < (3, 11):

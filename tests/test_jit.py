@@ -14,30 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PERF_ENV, has_chain, perf_record, perf_script, py_name
+from conftest import FOO_BAR_BAZ, PERF_ENV, has_chain, perf_record, perf_script, py_name
 
-JIT_WORKLOAD = """\
-import sys, time
-import perftramp
-perftramp.enable(sys.argv[1], directory=sys.argv[3])
-
-def foo(n):
-    s = 0
-    for i in range(n):
-        s += i * i
-    return s
-
-def bar(n):
-    return foo(n)
-
-def baz(n):
-    return bar(n)
-
-deadline = time.monotonic() + float(sys.argv[2])
-while time.monotonic() < deadline:
-    baz(20000)
-print(perftramp.status().jitdump_path)
-"""
 
 HEADER = struct.Struct("=IIIIIIQQ")
 PREFIX = struct.Struct("=IIQ")
@@ -71,7 +49,7 @@ def load_names(records):
 @pytest.fixture
 def jit_workload(tmp_path: Path) -> Path:
     path = tmp_path / "jit_workload.py"
-    path.write_text(JIT_WORKLOAD)
+    path.write_text(FOO_BAR_BAZ)
     return path
 
 

@@ -149,38 +149,6 @@ def test_a_burst_of_new_functions_costs_few_write_syscalls(run_python):
     os.unlink(f"/tmp/perf-{run.pid}.map")
 
 
-def test_fork_child_writes_its_own_map(run_python):
-    run = run_python(
-        """
-        import perftramp
-        perftramp.enable()
-        def parent_fn(): return 1
-        parent_fn()
-        pid = os.fork()
-        if pid == 0:
-            def child_fn(): return 2
-            child_fn()
-            parent_fn()
-            perftramp.disable()
-            os._exit(0)
-        os.waitpid(pid, 0)
-        def parent_after(): return 3
-        parent_after()
-        perftramp.disable()
-        print(f'PARENT={os.getpid()} CHILD={pid}')
-        """
-    ).check()
-    parent, child = map(int, re.search(r"PARENT=(\d+) CHILD=(\d+)", run.stdout).groups())
-    parent_text = "\n".join(entries(parent))
-    child_text = "\n".join(entries(child))
-    assert "py::parent_fn:" in parent_text and "py::parent_after:" in parent_text
-    assert "py::child_fn:" not in parent_text, "the child wrote into the parent's map"
-    assert "py::child_fn:" in child_text
-    assert "py::parent_fn:" not in child_text  # default: only what the child creates
-    os.unlink(f"/tmp/perf-{parent}.map")
-    os.unlink(f"/tmp/perf-{child}.map")
-
-
 def test_no_mapping_is_ever_writable_and_executable(run_python):
     run_python(
         """

@@ -8,37 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import has_chain, interpreter_has_frame_pointers, perf_record, perf_script, py_name
+from conftest import FOO_BAR_BAZ, has_chain, interpreter_has_frame_pointers, perf_record, perf_script, py_name
 
 pytestmark = pytest.mark.perf
 
-WORKLOAD = """\
-import sys, time
-import perftramp
-perftramp.enable(sys.argv[1])
-
-def foo(n):
-    s = 0
-    for i in range(n):
-        s += i * i
-    return s
-
-def bar(n):
-    return foo(n)
-
-def baz(n):
-    return bar(n)
-
-deadline = time.monotonic() + float(sys.argv[2])
-while time.monotonic() < deadline:
-    baz(20000)
-"""
 
 
 @pytest.fixture
 def workload(tmp_path: Path) -> Path:
     path = tmp_path / "workload.py"
-    path.write_text(WORKLOAD)
+    path.write_text(FOO_BAR_BAZ)
     return path
 
 
