@@ -4,6 +4,12 @@
     python3 benchmarks/run.py                      # full run, every CPython found (<= 25 min)
     python3 benchmarks/run.py --quick --pythons 3.12   # iteration (<= 5 min)
     python3 benchmarks/run.py --compare A.json B.json  # run-to-run spread of two saved runs
+    python3 benchmarks/run.py --render A.json      # tables of a saved run again
+    bash benchmarks/profile_hook.sh [3.12] [first] # where the time goes (perf record/report)
+
+The time budget (--budget, default 24 min, --quick 4.5) covers the whole run: builds and micro
+benchmarks first, then the pyperformance repetitions share what is left (at least 3 each, 2
+with --quick). One run at a time (a lock in /tmp/bench-venvs); timing is thread CPU time.
 
 For each interpreter it makes two venvs under /tmp/bench-venvs: `<tag>-plain` (pyperf only: the
 "not installed" baseline, and CPython's -X perf/-X perf_jit) and `<tag>-tramp` (pyperf and
@@ -27,6 +33,7 @@ call of a new function, executable bytes per trampoline, enable/disable latency,
 
 Prints a table per interpreter with PASS/FAIL per target, writes the same as Markdown to
 benchmarks/results.md and the raw numbers to /tmp/bench-venvs/results-<time>.json.
+(benchmarks/jit_vs_cpython.py separately checks that jit-mode stacks are complete.)
 """
 
 from __future__ import annotations
