@@ -104,7 +104,30 @@ fn enable(
     let recursion_limit: i32 = py.import("sys")?.call_method0("getrecursionlimit")?.extract()?;
     // SAFETY: we hold the GIL (py).
     unsafe { profiler::enable(mode, directory.as_deref(), persist_after_fork, recursion_limit) }
-        .map_err(enable_error)
+        .map_err(enable_error)?;
+    register_trim_at_exit(py)
+}
+
+/// Whether `trim_files_at_exit` is registered with `atexit` (only touched with the GIL held).
+static TRIM_AT_EXIT_REGISTERED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Trims the files when Python's `atexit` handlers run: early in finalization, while every
+/// thread state is still alive, rather than only in Py_AtExit at the very end (see
+/// `profiler::at_exit`).
+fn register_trim_at_exit(py: Python<'_>) -> PyResult<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    if !TRIM_AT_EXIT_REGISTERED.load(Relaxed) {
+        let trim = wrap_pyfunction!(trim_files_at_exit, py)?;
+        py.import("atexit")?.call_method1("register", (trim,))?;
+        TRIM_AT_EXIT_REGISTERED.store(true, Relaxed);
+    }
+    Ok(())
+}
+
+#[pyfunction]
+fn trim_files_at_exit() {
+    profiler::trim_files();
 }
 
 /// Make the trampoline of `code` (a code object) now, if it has none. Returns whether one was

@@ -447,8 +447,23 @@ extern "C" fn forked_child() {
     FORKED.store(true, Relaxed);
 }
 
+/// Cuts the files' unused filler now. Registered with Python's `atexit`, which runs before
+/// finalization starts tearing the interpreter down, so the Py_AtExit hook below usually has
+/// nothing left to do.
+pub fn trim_files() {
+    let mut guard = lock();
+    after_fork_if_needed(&mut guard);
+    if let Some(profiler) = guard.as_mut() {
+        profiler.trim_files();
+    }
+}
+
 extern "C" fn at_exit() {
-    // Py_AtExit runs at the very end of finalization; trim what can be trimmed without waiting.
+    // Py_AtExit runs at the very end of finalization, after CPython has freed the thread and
+    // interpreter states that daemon threads still point to (CPython 3.9-3.12 may crash such a
+    // thread if it wakes now, gh-110052). Anything slow here widens that window, so the real trim
+    // happens earlier (trim_files via atexit); this only catches functions first run after it,
+    // and costs no system call otherwise.
     if let Ok(mut guard) = PROFILER.try_lock() {
         after_fork_if_needed(&mut guard);
         if let Some(profiler) = guard.as_mut() {
