@@ -46,6 +46,7 @@ import json
 import math
 import os
 import random
+import resource
 import shlex
 import shutil
 import statistics
@@ -360,9 +361,9 @@ def jitdump_sizes(path: Path) -> Optional[dict]:
 # --- phases ---------------------------------------------------------------------------------------
 
 def run_pyperformance(interp: Interp, benches: List[str], reps: tuple, until: float, cwd: Path,
-                      rng: random.Random) -> dict:
+                      rng: random.Random, between=None) -> dict:
     """Repetitions: at least reps[0], then more while the next one fits before `until` (a
-    time.monotonic() deadline), at most reps[1]."""
+    time.monotonic() deadline), at most reps[1]. `between(rep)` runs after each repetition."""
     tree = pyperformance_dir()
     variants = interp.variants()
     results: dict = {b: {v: [] for v in variants} for b in benches}
@@ -386,15 +387,21 @@ def run_pyperformance(interp: Interp, benches: List[str], reps: tuple, until: fl
                 out_json.unlink()
                 vals = [x for run in data["benchmarks"][0]["runs"] for x in run.get("values", [])]
                 results[b][v].append(vals)
+        if between:
+            between(rep)
         took.append(time.monotonic() - t0)
         log(f"[{interp.tag}] pyperformance rep {rep + 1}: {took[-1]:.0f} s "
             f"({max(0, until - time.monotonic()):.0f} s left of its share)")
     return results
 
 
-def run_micro(interp: Interp, reps: int, cwd: Path, rng: random.Random, quick: bool) -> dict:
+def run_micro(interp: Interp, reps: int, cwd: Path, rng: random.Random, quick: bool,
+              into: Optional[dict] = None) -> dict:
+    """`reps` processes per variant (interleaved), added to `into` if given."""
     variants = interp.variants()
-    res: dict = {v: [] for v in variants}
+    res: dict = into if into is not None else {}
+    for v in variants:
+        res.setdefault(v, [])
     extra = ["--repeat", "3", "--batches", "2"] if quick else ["--repeat", "5", "--batches", "3"]
     for rep in range(reps):
         order = variants[:]
@@ -406,7 +413,6 @@ def run_micro(interp: Interp, reps: int, cwd: Path, rng: random.Random, quick: b
                 rec["jitdump_sizes"] = jitdump_sizes(Path(rec["jitdump"]))
             finish(pid, tmp)
             res[v].append(rec)
-    log(f"[{interp.tag}] micro: done")
     return res
 
 
@@ -466,10 +472,12 @@ def run_inject(interp: Interp, rounds: int, n: int, cwd: Path, rng: random.Rando
             except (IndexError, ValueError, KeyError):
                 shutil.rmtree(work, ignore_errors=True)
                 raise RuntimeError(f"[{interp.tag} {v}] perf record failed: {rec.stderr[-1500:]}")
-            t0 = time.perf_counter()
+            r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
             inj = subprocess.run(["perf", "inject", "--jit", "-i", str(data), "-o", str(data) + ".jit"],
                                  env=dict(os.environ, **PERF_ENV), cwd=str(work), capture_output=True, text=True)
-            seconds = time.perf_counter() - t0
+            wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+            seconds = cpu if BENCH_CLOCK == "cpu" else wall  # CPU time: user + system of perf inject
             dump_dir = work if v == "jit" else Path("/tmp")  # CPython 3.13 writes to /tmp regardless
             jitted = len(list(dump_dir.glob(f"jitted-{pid}-*.so")))
             cleanup_pid(pid, work)
@@ -477,7 +485,8 @@ def run_inject(interp: Interp, rounds: int, n: int, cwd: Path, rng: random.Rando
             if inj.returncode != 0 or jitted < n:
                 raise RuntimeError(f"[{interp.tag} {v}] perf inject: exit {inj.returncode}, "
                                    f"{jitted} jitted files: {inj.stderr[-1500:]}")
-            res[v].append({"seconds": seconds, "jitted": jitted, "per_10k": seconds / jitted * 10000})
+            res[v].append({"seconds": seconds, "wall": wall, "cpu": cpu, "jitted": jitted,
+                           "per_10k": seconds / jitted * 10000})
     log(f"[{interp.tag}] inject: done")
     return res
 
@@ -840,7 +849,8 @@ executable mappings in /proc/self/maps over those new functions, divided by thei
 same method for CPython's and perftramp's arenas; 64 KiB arena granularity), and perftramp's
 `status().executable_bytes_used / trampolines`. `perf inject --jit` time: `perf record -k 1
 --call-graph dwarf,4096` of a process calling 10,000 new functions once, then the inject timed
-and divided by the jitted ELF files it wrote (per 10,000). Enable/disable: `perftramp.enable()`/
+(user + system CPU time of `perf inject`; wall time with `--clock wall`) and divided by the
+jitted ELF files it wrote (per 10,000), minimum over the rounds. Enable/disable: `perftramp.enable()`/
 `disable()` and `sys.activate_stack_trampoline()`/`deactivate_stack_trampoline()` in-process,
 the first call, then the median of 21 toggles each making one new function ("crash": CPython
 itself segfaulted re-activating after a deactivate; 3.13.0 has no in-process `perf_jit`).
@@ -883,6 +893,22 @@ def compare(a_path: str, b_path: str) -> None:
     print("largest:")
     for d in diffs[:12]:
         print(f"  {d[1]:10} {d[2]:14} {d[3]:13} {d[4]:.3f} vs {d[5]:.3f} ({d[0]:.1%})")
+    keys = ("ns_per_call", "ns_per_loop_with_call", "ns_per_mix", "us_per_first_call", "inject_s_per_10k",
+            "enable_warm_us", "disable_warm_us")
+    print("micro figures, |a / b - 1| over interpreters and variants (median, max):")
+    for k in keys:
+        ds = []
+        for sa in a["summaries"]:
+            sb = by_tag.get(sa["tag"])
+            for v, fa in sa["micro"].items():
+                fb = (sb or {}).get("micro", {}).get(v, {})
+                if fa.get(k) and fb.get(k):
+                    ds.append(abs(fa[k] / fb[k] - 1))
+        if ds:
+            print(f"  {k:24} {statistics.median(ds):6.1%} {max(ds):6.1%}  ({len(ds)})")
+    fr = [(sa["tag"], k, x, by_tag[sa["tag"]]["first_call_ratio"].get(k)) for sa in a["summaries"]
+          if sa["tag"] in by_tag for k, x in sa["first_call_ratio"].items()]
+    print("first-call overhead ratios: " + ", ".join(f"{t} {k} {x:.1f} vs {y:.1f}" for t, k, x, y in fr if y))
 
 
 def rerender(path: str, no_markdown: bool) -> None:
@@ -953,7 +979,7 @@ def main() -> None:
     benches = args.benchmarks or (QUICK_SET if args.quick else FULL_SET)
     reps = (args.reps, args.reps) if args.reps else ((2, 12) if args.quick else (3, 12))
     micro_reps = args.micro_reps or (2 if args.quick else 5)
-    inject_rounds = args.inject_rounds or (1 if args.quick else 2)
+    inject_rounds = args.inject_rounds or (1 if args.quick else 3)
     rng = random.Random(args.seed)
     raws: Dict[str, dict] = {it.tag: {"stub_size": stub_size(it), "errors": []} for it in interps}
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -973,22 +999,40 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="perftramp-bench-") as tmpdir:
         cwd = Path(tmpdir)
-        # Fixed-cost phases first, then pyperformance shares out what is left of the budget.
+        # Fixed-cost phases first, then pyperformance shares out what is left of the budget. The
+        # micro benchmark processes run between pyperformance repetitions, so that they are
+        # spread over minutes of the machine's changing load rather than bunched in one.
+        def micro_rep(it, rep=None):
+            if "micro" in args.skip or (rep is not None and rep >= micro_reps):
+                return
+            into = raws[it.tag].setdefault("micro", {})
+            try:
+                run_micro(it, 1, cwd, rng, args.quick, into=into)
+            except Exception as err:  # noqa: BLE001
+                log(f"[{it.tag}] micro FAILED: {err}")
+                raws[it.tag]["errors"].append(f"micro: {str(err).splitlines()[0][:300]}")
+
         for it in interps:
             t0 = time.monotonic()
-            if "micro" not in args.skip:
-                phase(it, "micro", lambda: run_micro(it, micro_reps, cwd, rng, args.quick))
             if "toggle" not in args.skip:
                 phase(it, "toggle", lambda: run_toggle(it, 1 if args.quick else 2, cwd))
             if "inject" not in args.skip and it.has_perf_jit and it.has_tramp:
                 phase(it, "inject", lambda: run_inject(it, inject_rounds, 10000, cwd, rng))
-            log(f"[{it.tag}] micro benchmarks: {time.monotonic() - t0:.0f} s")
-        if "pyperformance" not in args.skip:
-            weights = [len(it.variants()) for it in interps]
-            for i, it in enumerate(interps):
+            log(f"[{it.tag}] toggle and inject: {time.monotonic() - t0:.0f} s")
+        weights = [len(it.variants()) for it in interps]
+        for i, it in enumerate(interps):
+            if "pyperformance" not in args.skip:
                 share = (deadline - 20 - time.monotonic()) * weights[i] / sum(weights[i:])
                 until = time.monotonic() + share
-                phase(it, "pyperformance", lambda: run_pyperformance(it, benches, reps, until, cwd, rng))
+                phase(it, "pyperformance", lambda: run_pyperformance(it, benches, reps, until, cwd, rng,
+                                                                     between=lambda rep: micro_rep(it, rep)))
+            while "micro" not in args.skip and min(
+                    (len(x) for x in raws[it.tag].get("micro", {}).values()), default=0) < micro_reps:
+                before = sum(len(x) for x in raws[it.tag].get("micro", {}).values())
+                micro_rep(it)
+                if sum(len(x) for x in raws[it.tag].get("micro", {}).values()) == before:
+                    break  # failing: the error is recorded
+            save()
 
     summaries = [summarize(it, raws[it.tag]) for it in interps]
     for s_ in summaries:
