@@ -14,7 +14,7 @@
 //! file, and [`AppendFile::failure`] reports it. The program itself is never disturbed.
 
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io::{self, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
@@ -140,7 +140,7 @@ impl AppendFile {
         // The file is opened O_APPEND: the filler lands at the true end even if another writer
         // appended meanwhile, and afterwards our offset is that end.
         self.file.write_all(&filler)?;
-        let new_end = self.file.seek(SeekFrom::Current(0))?;
+        let new_end = self.file.stream_position()?;
         let chunk_start = new_end - chunk as u64;
         if chunk_start != self.end {
             // Someone else wrote after our region: skip to our new chunk (the rest of the old

@@ -25,7 +25,8 @@ impl PerfMap {
     pub fn open(pid: u32) -> io::Result<Self> {
         let path = path_for(pid);
         let mut file = open_owned_file(&path)?;
-        // Best effort: if it fails, so will the first append, which reports it.
+        // Best effort: if these fail, so will the first append, which reports it.
+        let _ = cut_if_stale(&file, process_start_time());
         let _ = end_torn_line(&mut file);
         Ok(PerfMap { file: AppendFile::new(file, path, b'\n')?, line: Vec::with_capacity(256) })
     }
@@ -72,6 +73,50 @@ impl PerfMap {
     }
 }
 
+/// A map last written before this process started was left by an earlier process with our pid
+/// (pids are reused; CPython and perftramp never delete maps, perf needs them after the
+/// process). Its entries name that process's code at addresses we may now use: cut them. A map
+/// written since we started is ours (an `exec` keeps the pid and start time, and perf needs the
+/// old image's entries for the samples taken before it), so it is kept.
+fn cut_if_stale(file: &File, started: Option<f64>) -> io::Result<()> {
+    let (Some(started), Ok(modified)) = (started, file.metadata()?.modified()) else {
+        return Ok(());
+    };
+    let modified = match modified.duration_since(std::time::UNIX_EPOCH) {
+        Ok(since) => since.as_secs_f64(),
+        Err(_) => 0.0,
+    };
+    if written_before_start(modified, started) && file.metadata()?.len() > 0 {
+        file.set_len(0)?;
+    }
+    Ok(())
+}
+
+/// The boot time in /proc/stat has a resolution of one second: a file changed less than that
+/// before our start is given the benefit of the doubt.
+fn written_before_start(modified: f64, started: f64) -> bool {
+    modified < started - 1.0
+}
+
+/// When this process started, in seconds since the epoch (boot time + start ticks from /proc).
+fn process_start_time() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Field 22 (starttime) counts from the closing parenthesis of the command name, which may
+    // itself contain spaces and parentheses.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let ticks: f64 = after_name.split_whitespace().nth(19)?.parse().ok()?;
+    let boot: f64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| boot + ticks / hz as f64)
+}
+
 /// A stale map (an earlier process with our pid, killed mid-write) may end inside a line: end
 /// that line, so our first entry is a line of its own instead of being glued to it.
 fn end_torn_line(file: &mut File) -> io::Result<()> {
@@ -90,7 +135,7 @@ fn end_torn_line(file: &mut File) -> io::Result<()> {
 
 /// `<addr> <size> <name>\n`, lowercase hex without 0x, as CPython writes it.
 pub fn format_entry(out: &mut Vec<u8>, addr: usize, size: usize, name: &[u8]) {
-    debug_assert!(!name.iter().any(|&b| b == b'\n'));
+    debug_assert!(!name.contains(&b'\n'));
     out.clear();
     push_hex(out, addr);
     out.push(b' ');
@@ -183,6 +228,29 @@ mod tests {
             end_torn_line(&mut file).unwrap();
             assert_eq!(std::fs::read(&path).unwrap(), expected);
         }
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_map_left_by_an_earlier_process_is_cut_and_ours_is_kept() {
+        let started = process_start_time().expect("/proc gives this process's start time");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        assert!(
+            started <= now.as_secs_f64() + 1.0 && started > now.as_secs_f64() - 86400.0 * 365.0
+        );
+        assert!(written_before_start(started - 5.0, started));
+        assert!(!written_before_start(started - 0.5, started));
+        assert!(!written_before_start(started + 3.0, started));
+
+        let path = std::env::temp_dir().join(format!("perftramp-stale-{}.map", std::process::id()));
+        std::fs::write(&path, b"1 2 py::old\n").unwrap();
+        let file = open_owned_file(&path).unwrap();
+        cut_if_stale(&file, Some(started)).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"1 2 py::old\n", "written after our start");
+        let long_ago = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(started - 3600.0);
+        file.set_modified(long_ago).unwrap();
+        cut_if_stale(&file, Some(started)).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"", "left by an earlier process");
         std::fs::remove_file(&path).unwrap();
     }
 

@@ -184,7 +184,7 @@ pub unsafe fn enable(
         let dir = jitdump_dir.unwrap_or(Path::new(DEFAULT_JITDUMP_DIR));
         *guard = Some(Profiler::new(mode, arch, dir)?);
     }
-    PROCESS_HOOKS.call_once(|| install_process_hooks());
+    PROCESS_HOOKS.call_once(install_process_hooks);
     cpython::enable_c_recursion_refund(recursion_limit);
     hook::activate();
     if let Some(profiler) = guard.as_mut() {

@@ -399,6 +399,11 @@ def start_toggled(tmp_path: Path, *, own_toggle: bool) -> subprocess.Popen:
 @pytest.mark.parametrize("own_toggle", [True, False], ids=["install_signal_toggle", "PERFTRAMP_SIGNAL"])
 def test_record_a_live_process(perf, tmp_path, own_toggle):
     server = start_toggled(tmp_path, own_toggle=own_toggle)
+    # pids are reused: a map an earlier process with this pid left must not be taken for this
+    # process's (the jit-mode server writes none).
+    stale = Path(f"/tmp/perf-{server.pid}.map")
+    stale.write_text("7f0000000000 10 py::stale:/old.py\n")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
     try:
         out = tmp_path / "out"
         proc = cli("record", "--pid", str(server.pid), "--duration", "1.5", "-o", str(out))
@@ -413,6 +418,7 @@ def test_record_a_live_process(perf, tmp_path, own_toggle):
     finally:
         server.send_signal(signal.SIGTERM)
         _, err = server.communicate(timeout=30)
+        stale.unlink()
     # The process itself says it was turned on, then off.
     assert re.search(r"profiling support on \(jit\).*\n.*profiling support off", err), err
 

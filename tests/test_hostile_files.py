@@ -6,8 +6,9 @@ a symlink, a hard link, a FIFO, a directory, or another user's file. enable() mu
 an OSError naming the path, write nothing through the planted name (link targets, the other
 user's file and the directory stay byte-for-byte and stat-for-stat the same), keep no
 descriptor or mapping of it, and leave nothing half-enabled (enabling works once the plant is
-gone). Stale files of our own are documented behaviour: a stale map is appended to (as CPython
-does), a stale jitdump is replaced, never written through.
+gone). Stale files of our own are documented behaviour: a map last written before the process
+started (an earlier process with our pid) is emptied, one written since (this process before an
+exec) is appended to, as CPython does; a stale jitdump is replaced, never written through.
 """
 
 from __future__ import annotations
@@ -270,12 +271,16 @@ print('ok')
     run.check()
 
 
+@pytest.mark.parametrize("written", ["since_start", "before_start"])
 @pytest.mark.parametrize("old", ["clean", "no_final_newline", "killed_with_filler"])
-def test_stale_map_of_ours_is_appended_to_after_its_old_content(run_python, old):
-    """An earlier process with our pid left its map (ours: same uid, one link): perftramp
-    appends, as CPython does. The old bytes stay exactly, and every new entry is a whole line."""
+def test_stale_map_of_ours_is_appended_to_or_emptied(run_python, old, written):
+    """A map of ours (same uid, one link) already at our path. Written since this process started
+    (by its image before an exec: perf needs those entries for the samples taken then):
+    perftramp appends, as CPython does; the old bytes stay exactly, and every new entry is a whole
+    line. Last written before the process started, it is an earlier process's with our pid (pids
+    are reused), whose entries would name its code at addresses we may now use: it is emptied."""
     run = _run(run_python, f"""
-import re, stat
+import re, stat, time
 import perftramp
 LINE = re.compile(r'^[0-9a-f]+ [0-9a-f]+ py::\\S.*$')
 path = f'/tmp/perf-{{os.getpid()}}.map'
@@ -290,6 +295,10 @@ elif kind == 'killed_with_filler':
 with open(path, 'wb') as f:
     f.write(old)
 os.chmod(path, 0o644)
+if {written!r} == 'before_start':
+    an_hour_ago = time.time() - 3600
+    os.utime(path, (an_hour_ago, an_hour_ago))
+    old = b''   # what must remain of it
 perftramp.enable()
 src = '\\n'.join(f'def fresh_{{i}}(): return {{i}}' for i in range(3000))   # > one 64 KiB chunk
 ns = {{}}

@@ -112,14 +112,36 @@ class Files:
                 if present]
 
 
-def _size(path: Path) -> Optional[int]:
+def start_time(pid: int) -> Optional[float]:
+    """When `pid` started (seconds since the epoch), from /proc; None if unknown."""
     try:
-        return path.stat().st_size
+        # Field 22 (starttime, clock ticks after boot) comes after the command name, which may
+        # itself hold spaces and parentheses: split after its closing parenthesis.
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        ticks = int(fields[19])
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("btime "):
+                return int(line.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _size(path: Path, started: Optional[float]) -> Optional[int]:
+    """Size of `path`, or None if it is missing or older than the process (left by an earlier
+    process that had the same pid: pids are reused)."""
+    try:
+        st = path.stat()
     except OSError:
         return None
+    # btime has one-second resolution: allow that much.
+    if started is not None and st.st_mtime < started - 1.0:
+        return None
+    return st.st_size
 
 
 def files_of(pid: int, env: Dict[str, str]) -> Files:
+    started = start_time(pid)
     dump: Optional[Path] = None
     mappings = 0
     suffix = f"/jit-{pid}.dump"
@@ -135,9 +157,10 @@ def files_of(pid: int, env: Dict[str, str]) -> Files:
         pass
     if dump is None:
         candidate = Path(env.get("PERFTRAMP_DIR") or "/tmp") / suffix[1:]
-        if candidate.is_file():
+        if candidate.is_file() and _size(candidate, started) is not None:
             dump = candidate
-    return Files(_size(Path(f"/tmp/perf-{pid}.map")), dump, _size(dump) if dump else None, mappings)
+    dump_size = _size(dump, None) if dump else None  # mapped by the process: its own
+    return Files(_size(Path(f"/tmp/perf-{pid}.map"), started), dump, dump_size, mappings)
 
 
 def observe(pid: int, env: Dict[str, str], before: Files, timeout: float) -> Tuple[str, Files]:
