@@ -47,7 +47,9 @@ unsafe impl Send for ExecMemory {}
 
 impl ExecMemory {
     pub fn new(arch: &'static Arch, slot_size: usize) -> Self {
-        assert!(slot_size >= arch.code.len() && slot_size.is_multiple_of(16) && slot_size <= ARENA_SIZE);
+        assert!(
+            slot_size >= arch.code.len() && slot_size.is_multiple_of(16) && slot_size <= ARENA_SIZE
+        );
         ExecMemory { arch, slot_size, current: None, mapped_bytes: 0, used_bytes: 0 }
     }
 
