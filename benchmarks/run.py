@@ -3,6 +3,7 @@
 
     python3 benchmarks/run.py                      # full run, every CPython found (<= 25 min)
     python3 benchmarks/run.py --quick --pythons 3.12   # iteration (<= 5 min)
+    python3 benchmarks/run.py --floor --pythons 3.12 3.13  # adds a null eval hook variant
     python3 benchmarks/run.py --compare A.json B.json  # run-to-run spread of two saved runs
     python3 benchmarks/run.py --render A.json      # tables of a saved run again
     bash benchmarks/profile_hook.sh [3.12] [first] # where the time goes (perf record/report)
@@ -23,6 +24,9 @@ each benchmark runs once per variant, in a shuffled order):
     perf_jit  python -X perf_jit              (3.13+, plain venv)
     map       PERFTRAMP=map                   (started by the .pth hook at interpreter start)
     jit       PERFTRAMP=jit PERFTRAMP_DIR=tmp
+    null      (--floor) plain venv + a do-nothing PEP 523 hook (benchmarks/nullhook.c): the cost
+              of any eval hook, without trampolines or names; "null hook / -X perf" is the
+              lowest ratio to -X perf a hook-based tool can reach
 
 Workloads: pyperformance 1.14 benchmarks (sources from the PyPI wheel), each run as a pyperf
 worker process (`run_benchmark.py --worker --loops L --warmups 1 --values V -o x.json`: fixed
@@ -100,7 +104,7 @@ QUICK_SET = ["richards", "deltablue", "raytrace", "nbody"]
 
 VARIANT_LABEL = {
     "base": "baseline", "off": "installed, off", "perf": "-X perf", "perf_jit": "-X perf_jit",
-    "map": "perftramp map", "jit": "perftramp jit",
+    "map": "perftramp map", "jit": "perftramp jit", "null": "null hook",
 }
 BENCH_CLOCK = "cpu"  # --clock
 PERF_ENV = {"DEBUGINFOD_URLS": "", "PERF_CONFIG": "/dev/null"}
@@ -137,6 +141,9 @@ class Interp:
         self.tramp = WORK / f"{self.tag}-tramp"
         self.build_note = ""
         self.has_tramp = False
+        #: Directory holding the null eval-frame hook and a sitecustomize that installs it
+        #: (--floor), or None.
+        self.null_hook: Optional[Path] = None
 
     def variants(self) -> List[str]:
         out = ["base"]
@@ -146,6 +153,8 @@ class Interp:
             out.append("perf")
         if self.has_perf_jit:
             out.append("perf_jit")
+        if self.null_hook is not None:
+            out.append("null")
         if self.has_tramp:
             out += ["map", "jit"]
         return out
@@ -234,6 +243,20 @@ def pyperformance_dir() -> Path:
     return tree
 
 
+def build_null_hook(interp: Interp) -> Path:
+    """Compiles benchmarks/nullhook.c for `interp`, next to a sitecustomize.py that installs it
+    at startup (--floor: what any eval hook costs, perftramp's or not)."""
+    out = WORK / f"{interp.tag}-nullhook"
+    out.mkdir(parents=True, exist_ok=True)
+    info = json.loads(subprocess.run(
+        [interp.path, "-c", "import sysconfig, json; print(json.dumps([sysconfig.get_paths()['include'], "
+         "sysconfig.get_config_var('EXT_SUFFIX')]))"], check=True, capture_output=True, text=True).stdout)
+    subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-I", info[0], str(HERE / "nullhook.c"),
+                    "-o", str(out / f"_nullhook{info[1]}")], check=True)
+    (out / "sitecustomize.py").write_text("import _nullhook\n_nullhook.install()\n")
+    return out
+
+
 def setup(interps: List[Interp], no_build: bool) -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     pyperformance_dir()
@@ -265,10 +288,12 @@ def clean_env() -> Dict[str, str]:
 
 def variant_command(interp: Interp, variant: str, tmp: Path):
     env = clean_env()
-    venv = interp.plain if variant in ("base", "perf", "perf_jit") else interp.tramp
+    venv = interp.plain if variant in ("base", "perf", "perf_jit", "null") else interp.tramp
     cmd = [str(venv / "bin/python")]
     if variant in ("perf", "perf_jit"):
         cmd += ["-X", variant]
+    elif variant == "null":
+        env["PYTHONPATH"] = str(interp.null_hook)  # its sitecustomize installs the hook
     elif variant == "map":
         env["PERFTRAMP"] = "map"
     elif variant == "jit":
@@ -558,6 +583,12 @@ def summarize(interp: Interp, raw: dict) -> dict:
         if "perf_jit" in variants and "jit" in variants:
             row["jit/perf_jit"] = bench_ratio(pp[b]["jit"], pp[b]["perf_jit"])
             noise["jit/perf_jit"] = split_half_noise(pp[b]["jit"], pp[b]["perf_jit"])
+        if "perf" in variants and "null" in variants:
+            row["null/perf"] = bench_ratio(pp[b]["null"], pp[b]["perf"])
+            noise["null/perf"] = split_half_noise(pp[b]["null"], pp[b]["perf"])
+        if "null" in variants and "map" in variants:
+            row["map/null"] = bench_ratio(pp[b]["map"], pp[b]["null"])
+            noise["map/null"] = split_half_noise(pp[b]["map"], pp[b]["null"])
         s["bench"][b] = row
         s.setdefault("noise", {})[b] = noise
         s["reps"] = len(pp[b]["base"])
@@ -690,9 +721,10 @@ def tables(s: dict) -> List[tuple]:
     variants = s["variants"]
     if s["bench"]:
         ratio_cols = [v for v in variants if v != "base"]
-        extra = [k for k in ("map/perf", "jit/perf_jit") if k in s["geomean"]]
+        extra = [k for k in ("map/perf", "jit/perf_jit", "null/perf", "map/null") if k in s["geomean"]]
         header = ["benchmark", "base ms"] + [VARIANT_LABEL[v] for v in ratio_cols] + \
-                 [{"map/perf": "map / -X perf", "jit/perf_jit": "jit / -X perf_jit"}[k] for k in extra]
+                 [{"map/perf": "map / -X perf", "jit/perf_jit": "jit / -X perf_jit",
+                   "null/perf": "null hook / -X perf", "map/null": "map / null hook"}[k] for k in extra]
         rows = []
         for b, row in s["bench"].items():
             rows.append([b, fmt(row["base_ms"], ".1f")] + [fmt(row[v]) for v in ratio_cols] +
@@ -951,6 +983,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                         help="time with the thread's CPU time (default: immune to waiting for a CPU) or wall time")
+    parser.add_argument("--floor", action="store_true",
+                        help="also run a null eval-frame hook (benchmarks/nullhook.c): the least any "
+                             "eval hook costs, perftramp's or CPython's")
     args = parser.parse_args()
     global BENCH_CLOCK
     BENCH_CLOCK = args.clock
@@ -971,6 +1006,9 @@ def main() -> None:
         raise SystemExit("run.py: no interpreter found")
     global MEASURED_HASH
     MEASURED_HASH = setup(interps, args.no_build)
+    if args.floor:
+        for it in interps:
+            it.null_hook = build_null_hook(it)
     if args.setup_only:
         for it in interps:
             print(it.tag, it.plain, it.tramp, it.build_note)
