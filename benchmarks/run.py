@@ -106,6 +106,11 @@ VARIANT_LABEL = {
     "base": "baseline", "off": "installed, off", "perf": "-X perf", "perf_jit": "-X perf_jit",
     "map": "perftramp map", "jit": "perftramp jit", "null": "null hook",
 }
+#: Ratio columns between two variants (numerator, denominator) -> label, where both ran.
+RATIO_COLUMNS = {
+    ("map", "perf"): "map / -X perf", ("jit", "perf_jit"): "jit / -X perf_jit",
+    ("null", "perf"): "null hook / -X perf", ("map", "null"): "map / null hook",
+}
 BENCH_CLOCK = "cpu"  # --clock
 PERF_ENV = {"DEBUGINFOD_URLS": "", "PERF_CONFIG": "/dev/null"}
 
@@ -577,18 +582,10 @@ def summarize(interp: Interp, raw: dict) -> dict:
         noise = {}
         for v in variants[1:]:
             noise[v] = split_half_noise(pp[b][v], pp[b]["base"])
-        if "perf" in variants and "map" in variants:
-            row["map/perf"] = bench_ratio(pp[b]["map"], pp[b]["perf"])
-            noise["map/perf"] = split_half_noise(pp[b]["map"], pp[b]["perf"])
-        if "perf_jit" in variants and "jit" in variants:
-            row["jit/perf_jit"] = bench_ratio(pp[b]["jit"], pp[b]["perf_jit"])
-            noise["jit/perf_jit"] = split_half_noise(pp[b]["jit"], pp[b]["perf_jit"])
-        if "perf" in variants and "null" in variants:
-            row["null/perf"] = bench_ratio(pp[b]["null"], pp[b]["perf"])
-            noise["null/perf"] = split_half_noise(pp[b]["null"], pp[b]["perf"])
-        if "null" in variants and "map" in variants:
-            row["map/null"] = bench_ratio(pp[b]["map"], pp[b]["null"])
-            noise["map/null"] = split_half_noise(pp[b]["map"], pp[b]["null"])
+        for num, den in RATIO_COLUMNS:
+            if num in variants and den in variants:
+                row[f"{num}/{den}"] = bench_ratio(pp[b][num], pp[b][den])
+                noise[f"{num}/{den}"] = split_half_noise(pp[b][num], pp[b][den])
         s["bench"][b] = row
         s.setdefault("noise", {})[b] = noise
         s["reps"] = len(pp[b]["base"])
@@ -721,10 +718,9 @@ def tables(s: dict) -> List[tuple]:
     variants = s["variants"]
     if s["bench"]:
         ratio_cols = [v for v in variants if v != "base"]
-        extra = [k for k in ("map/perf", "jit/perf_jit", "null/perf", "map/null") if k in s["geomean"]]
+        extra = [f"{n}/{d}" for n, d in RATIO_COLUMNS if f"{n}/{d}" in s["geomean"]]
         header = ["benchmark", "base ms"] + [VARIANT_LABEL[v] for v in ratio_cols] + \
-                 [{"map/perf": "map / -X perf", "jit/perf_jit": "jit / -X perf_jit",
-                   "null/perf": "null hook / -X perf", "map/null": "map / null hook"}[k] for k in extra]
+                 [RATIO_COLUMNS[tuple(k.split("/"))] for k in extra]
         rows = []
         for b, row in s["bench"].items():
             rows.append([b, fmt(row["base_ms"], ".1f")] + [fmt(row[v]) for v in ratio_cols] +
