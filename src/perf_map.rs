@@ -79,14 +79,15 @@ impl PerfMap {
 /// written since we started is ours (an `exec` keeps the pid and start time, and perf needs the
 /// old image's entries for the samples taken before it), so it is kept.
 fn cut_if_stale(file: &File, started: Option<f64>) -> io::Result<()> {
-    let (Some(started), Ok(modified)) = (started, file.metadata()?.modified()) else {
+    let meta = file.metadata()?;
+    let (Some(started), Ok(modified)) = (started, meta.modified()) else {
         return Ok(());
     };
     let modified = match modified.duration_since(std::time::UNIX_EPOCH) {
         Ok(since) => since.as_secs_f64(),
         Err(_) => 0.0,
     };
-    if written_before_start(modified, started) && file.metadata()?.len() > 0 {
+    if written_before_start(modified, started) && meta.len() > 0 {
         file.set_len(0)?;
     }
     Ok(())

@@ -155,11 +155,12 @@ def files_of(pid: int, env: Dict[str, str]) -> Files:
                 mappings += 1
     except OSError:
         pass
+    dump_size = _size(dump, None) if dump else None  # mapped by the process: its own
     if dump is None:
         candidate = Path(env.get("PERFTRAMP_DIR") or "/tmp") / suffix[1:]
-        if candidate.is_file() and _size(candidate, started) is not None:
-            dump = candidate
-    dump_size = _size(dump, None) if dump else None  # mapped by the process: its own
+        if candidate.is_file():
+            dump_size = _size(candidate, started)
+            dump = candidate if dump_size is not None else None
     return Files(_size(Path(f"/tmp/perf-{pid}.map"), started), dump, dump_size, mappings)
 
 
