@@ -1,14 +1,17 @@
-//! An append-only file written through a shared memory mapping.
+//! An append-only file, written so that every record is in the kernel's page cache the moment
+//! `append` returns: it survives a crash or SIGKILL of the process.
 //!
-//! Why a mapping: a record copied into a `MAP_SHARED` page is in the kernel's page cache the
-//! moment the copy ends, so it survives a crash or SIGKILL of the process, yet appending costs
-//! no system call. The file grows in [`CHUNK`]-sized steps (one `write` of filler bytes, which
-//! also reserves the disk blocks so a full disk is an error here, never a SIGBUS later), and the
-//! unused filler is cut off again by [`AppendFile::trim`] (on disable and at exit).
-//!
-//! Filler bytes are chosen by the format so that a file read mid-way, or left by a killed
-//! process, still parses: `\n` for perf maps (blank lines are skipped), `0` for jitdumps (a
-//! record of size 0 ends perf's reader).
+//! Two ways to grow, chosen by the format ([`Growth`]):
+//! - [`Growth::Mapped`] (perf maps): records are copied into a `MAP_SHARED` window, so appending
+//!   costs no system call. The file grows in [`CHUNK`]-sized steps (one `write` of filler bytes,
+//!   which also reserves the disk blocks so a full disk is an error here, never a SIGBUS later),
+//!   and the unused filler is cut off again by [`AppendFile::trim`] (on disable and at exit). The
+//!   filler must be something every reader skips: `\n` for perf maps (blank lines).
+//! - [`Growth::Written`] (jitdumps): one `write` per append, so the file holds exactly the records
+//!   at every moment. Readers that follow a jitdump while it grows (samply, linux-perf-data) read
+//!   a record header once and wait for its body: any filler would be taken for a record (a zero
+//!   header ends them, and a padding record would be skipped before the real records were
+//!   written into it). One system call per new function is the price of a live-readable dump.
 //!
 //! After the first I/O error the file is left alone: one warning goes to stderr naming the
 //! file, and [`AppendFile::failure`] reports it. The program itself is never disturbed.
@@ -34,10 +37,19 @@ struct Window {
     offset: u64,
 }
 
+/// How an [`AppendFile`] grows (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Growth {
+    /// Through a shared mapping over `fill` bytes that readers skip; no system call per record.
+    Mapped { fill: u8 },
+    /// One `write` per record; the file never holds anything but whole records.
+    Written,
+}
+
 pub struct AppendFile {
     file: File,
     path: PathBuf,
-    fill: u8,
+    growth: Growth,
     window: Option<Window>,
     /// File offset where the next record goes.
     pos: u64,
@@ -52,14 +64,14 @@ pub struct AppendFile {
 unsafe impl Send for AppendFile {}
 
 impl AppendFile {
-    /// Wraps an open file (read-write: a shared writable mapping needs it); records go after
-    /// whatever it already holds.
-    pub fn new(file: File, path: PathBuf, fill: u8) -> io::Result<Self> {
+    /// Wraps an open file (opened O_APPEND, and read-write for [`Growth::Mapped`]: a shared
+    /// writable mapping needs it); records go after whatever it already holds.
+    pub fn new(file: File, path: PathBuf, growth: Growth) -> io::Result<Self> {
         let len = file.metadata()?.len();
         Ok(AppendFile {
             file,
             path,
-            fill,
+            growth,
             window: None,
             pos: len,
             end: len,
@@ -107,14 +119,17 @@ impl AppendFile {
     }
 
     fn try_append(&mut self, record: &[u8]) -> io::Result<()> {
+        let Growth::Mapped { fill } = self.growth else {
+            return self.write_whole(record);
+        };
         if self.window.is_none() || self.pos + record.len() as u64 > self.end {
-            self.reserve(record.len())?;
+            self.reserve(record.len(), fill)?;
         }
         let window = self.window.as_ref().expect("reserve maps a window");
         let at = (self.pos - window.offset) as usize;
         debug_assert!(at + record.len() <= window.len);
-        // The first HEAD bytes (a jitdump record's id and size) go in last: a process killed
-        // mid-copy leaves zeros where the record starts, which readers take as the end.
+        // The first HEAD bytes go in last: a process killed mid-copy leaves filler where the
+        // record starts, never the start of a record without its end.
         let head = record.len().min(HEAD);
         // SAFETY: reserve guarantees [pos, pos+len) lies inside the window, a live shared
         // writable mapping of this file; `record` cannot overlap it (it is not ours to hand out).
@@ -133,10 +148,24 @@ impl AppendFile {
         Ok(())
     }
 
+    /// [`Growth::Written`]: the record in one `write` (O_APPEND). A write cut short (a full
+    /// disk) is undone, so the file never ends in a torn record. The file is this writer's alone
+    /// (created O_EXCL), so `pos` is its end.
+    fn write_whole(&mut self, record: &[u8]) -> io::Result<()> {
+        if let Err(err) = self.file.write_all(record) {
+            let _ = self.file.set_len(self.pos);
+            return Err(err);
+        }
+        self.pos += record.len() as u64;
+        self.end = self.pos;
+        self.bytes_written += record.len() as u64;
+        Ok(())
+    }
+
     /// Grows the file by a chunk of filler and maps from `pos` to the new end.
-    fn reserve(&mut self, need: usize) -> io::Result<()> {
+    fn reserve(&mut self, need: usize, fill: u8) -> io::Result<()> {
         let chunk = CHUNK.max(need.next_multiple_of(PAGE as usize));
-        let filler = vec![self.fill; chunk];
+        let filler = vec![fill; chunk];
         // The file is opened O_APPEND: the filler lands at the true end even if another writer
         // appended meanwhile, and afterwards our offset is that end.
         self.file.write_all(&filler)?;
@@ -232,7 +261,30 @@ mod tests {
     fn open(path: &Path, fill: u8) -> AppendFile {
         let file =
             OpenOptions::new().read(true).append(true).create(true).mode(0o600).open(path).unwrap();
-        AppendFile::new(file, path.to_owned(), fill).unwrap()
+        AppendFile::new(file, path.to_owned(), Growth::Mapped { fill }).unwrap()
+    }
+
+    #[test]
+    fn a_written_file_holds_exactly_the_records_at_every_moment() {
+        let path = temp_path("written");
+        let _ = std::fs::remove_file(&path);
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&path)
+            .unwrap();
+        let mut f = AppendFile::new(file, path.clone(), Growth::Written).unwrap();
+        f.append(b"header");
+        assert_eq!(std::fs::read(&path).unwrap(), b"header");
+        f.append(&[9u8; 3000]);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 3006);
+        assert_eq!(f.position(), 3006);
+        assert_eq!(f.read_back(6).unwrap(), vec![9u8; 3000]);
+        f.trim(); // nothing to cut
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 3006);
+        std::fs::remove_file(&path).unwrap();
     }
 
     fn temp_path(tag: &str) -> PathBuf {
@@ -315,7 +367,7 @@ mod tests {
         // A read-only descriptor: the first write fails.
         std::fs::write(&path, b"").unwrap();
         let file = OpenOptions::new().read(true).open(&path).unwrap();
-        let mut f = AppendFile::new(file, path.clone(), b'\n').unwrap();
+        let mut f = AppendFile::new(file, path.clone(), Growth::Mapped { fill: b'\n' }).unwrap();
         f.append(b"x\n");
         assert!(f.failure().unwrap().contains(path.to_str().unwrap()));
         f.append(b"y\n"); // no-op, no panic

@@ -69,6 +69,19 @@ impl ExecMemory {
         self.used_bytes
     }
 
+    /// Stops handing out slots of the current arena: the next slot comes from a new one.
+    ///
+    /// A fork child calls this. The arena it inherited is a mapping perf attributes to the
+    /// parent (perf copies a parent's mappings to the child at fork, and names addresses in them
+    /// from the parent's perf map or jitdump), and the parent goes on filling it. A child that
+    /// made trampolines there would have them named by the parent's files: perf would show the
+    /// parent's functions for the child's code. An arena the child maps itself is the child's in
+    /// perf's eyes, named from the child's own files. The inherited arenas stay mapped, so
+    /// inherited trampolines keep working (and keep the parent's names, which are theirs).
+    pub fn retire_current_arena(&mut self) {
+        self.current = None;
+    }
+
     /// Returns the address of a fresh slot, whose first bytes are the stub. Maps a new arena
     /// when the current one is full.
     pub fn allocate(&mut self) -> io::Result<NonNull<u8>> {
@@ -181,5 +194,19 @@ mod tests {
         mem.allocate().unwrap();
         assert_eq!(mem.mapped_bytes(), 2 * ARENA_SIZE);
         assert_eq!(mem.used_bytes(), 4097 * 16);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn a_retired_arena_gets_no_more_slots() {
+        let arch = arch::native().unwrap();
+        let mut mem = ExecMemory::new(arch, 16);
+        let first = mem.allocate().unwrap().as_ptr() as usize;
+        mem.retire_current_arena();
+        let second = mem.allocate().unwrap().as_ptr() as usize;
+        assert!(second < first || second >= first + ARENA_SIZE, "{first:#x} {second:#x}");
+        assert_eq!(mem.mapped_bytes(), 2 * ARENA_SIZE);
+        let third = mem.allocate().unwrap().as_ptr() as usize;
+        assert_eq!(third, second + 16, "the new arena is used from then on");
     }
 }

@@ -1,9 +1,10 @@
 //! The jitdump file, `<directory>/jit-<pid>.dump`, read by `perf inject --jit`.
 //!
 //! perf only finds a jitdump through an MMAP event: the file is mapped PROT_EXEC (one page) for
-//! the life of the process. Records go through [`AppendFile`] (a shared mapping), so every
-//! trampoline's records are in the page cache before the trampoline first runs: a crash or
-//! SIGKILL loses nothing that ran. Per trampoline: DEBUG_INFO and UNWINDING_INFO, then its
+//! the life of the process. Records go through [`AppendFile`] with one `write` per trampoline,
+//! so every trampoline's records are in the page cache before the trampoline first runs (a crash
+//! or SIGKILL loses nothing that ran) and the file holds only whole records at every moment, for
+//! readers that follow it live (samply). Per trampoline: DEBUG_INFO and UNWINDING_INFO, then its
 //! CODE_LOAD (perf applies the first two to the next load), appended as one unit.
 
 use std::borrow::Cow;
@@ -13,7 +14,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::append_file::AppendFile;
+use crate::append_file::{AppendFile, Growth};
 use crate::arch::Arch;
 use crate::file_error::{annotate, refusal};
 use crate::jitdump;
@@ -102,8 +103,7 @@ impl JitDumpFile {
         };
         let mut header = Vec::with_capacity(jitdump::HEADER_SIZE);
         jitdump::encode_header(&mut header, arch.elf_machine, pid, monotonic_ns());
-        let writer = writer_alias(&path, &file).unwrap_or(file);
-        let file = match AppendFile::new(writer, path.clone(), 0) {
+        let file = match AppendFile::new(file, path.clone(), Growth::Written) {
             Ok(file) => file,
             Err(err) => {
                 // SAFETY: the marker page mapped above; nothing else refers to it yet.
@@ -233,30 +233,6 @@ fn bounded_filename(filename: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(bounded)
 }
 
-/// The same file opened under another (immediately removed) name, for writing.
-///
-/// perf records the mappings a process makes of any file, executable or not, and perf inject
-/// (6.1 at least) re-reads the whole dump for every mapping of a file named `jit-<pid>.dump`:
-/// writing through mappings of the dump's own name made inject quadratic (136 s instead of 3 s
-/// per 10,000 trampolines). Mappings of this descriptor are named `.jit-<pid>.dump.writer
-/// (deleted)`, which perf ignores. `None` where hard links are not possible (then the dump's
-/// own descriptor is used: correct, only slower to inject).
-fn writer_alias(path: &Path, dump: &File) -> Option<File> {
-    let name = path.file_name()?.to_str()?;
-    let alias = path.with_file_name(format!(".{name}.writer"));
-    std::fs::hard_link(path, &alias).ok()?;
-    let opened = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&alias);
-    let _ = std::fs::remove_file(&alias);
-    let writer = opened.ok()?;
-    // Only if it really is the dump (nobody swapped the name between link and open).
-    let (a, b) = (writer.metadata().ok()?, dump.metadata().ok()?);
-    (a.dev() == b.dev() && a.ino() == b.ino()).then_some(writer)
-}
-
 /// After `exec`, the new program image has the old one's pid and finds its dump: continue it
 /// (so samples taken before the exec still resolve) rather than replace it. Only a regular,
 /// singly-linked file of ours whose header names this pid and machine qualifies; what follows
@@ -324,14 +300,28 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+thread_local! {
+    /// This thread's id, read once (0: not read yet).
+    static THREAD_ID: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// The calling thread's id, as CODE_LOAD records carry it (perf inject attributes the code to
+/// this thread's process).
 fn thread_id() -> u32 {
-    thread_local! {
-        static TID: u32 = {
+    THREAD_ID.with(|cached| {
+        if cached.get() == 0 {
             // SAFETY: gettid has no preconditions.
-            unsafe { libc::syscall(libc::SYS_gettid) as u32 }
-        };
-    }
-    TID.with(|tid| *tid)
+            cached.set(unsafe { libc::syscall(libc::SYS_gettid) } as u32);
+        }
+        cached.get()
+    })
+}
+
+/// Forgets the calling thread's cached id. A fork child's only thread is the one that forked,
+/// with a new id: records carrying the parent's would make perf add the child's code to the
+/// parent. Async-signal-safe (a store to a thread-local), so it can run in an atfork handler.
+pub fn forget_thread_id() {
+    let _ = THREAD_ID.try_with(|cached| cached.set(0));
 }
 
 fn random_salt() -> u64 {

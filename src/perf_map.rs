@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::append_file::AppendFile;
+use crate::append_file::{AppendFile, Growth};
 use crate::file_error::{annotate, refusal};
 
 pub fn path_for(pid: u32) -> PathBuf {
@@ -28,7 +28,8 @@ impl PerfMap {
         // Best effort: if these fail, so will the first append, which reports it.
         let _ = cut_if_stale(&file, process_start_time());
         let _ = end_torn_line(&mut file);
-        Ok(PerfMap { file: AppendFile::new(file, path, b'\n')?, line: Vec::with_capacity(256) })
+        let file = AppendFile::new(file, path, Growth::Mapped { fill: b'\n' })?;
+        Ok(PerfMap { file, line: Vec::with_capacity(256) })
     }
 
     pub fn path(&self) -> &Path {

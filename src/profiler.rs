@@ -375,10 +375,18 @@ impl Profiler {
         errors
     }
 
-    /// In a fork child: the parent's files are the parent's. Write our own, with our pid, holding
-    /// only what this process makes from now on. Inherited trampolines keep working.
+    /// In a fork child: the parent's files and arenas are the parent's. Write our own files, with
+    /// our pid and thread ids, and make new trampolines only in arenas we map ourselves, so that
+    /// perf, which hands a child its parent's mappings and names them from the parent's files,
+    /// names the child's new code from the child's files. Inherited trampolines keep working
+    /// and keep their names (the parent's files describe them). With `persist_after_fork` the
+    /// child's files also describe the inherited trampolines: what a perf session that starts
+    /// after the fork (`perf record -p <child>`, which sees the inherited arenas as the child's
+    /// own) needs to name them.
     fn reopen_after_fork(&mut self) {
         self.pid = current_pid();
+        crate::jitdump_file::forget_thread_id();
+        self.memory.retire_current_arena();
         if let Some(old) = self.perf_map.take() {
             // With persist_after_fork, the child's map also names every inherited trampoline.
             let inherited = if self.persist_after_fork { old.entries() } else { Ok(Vec::new()) };
@@ -434,6 +442,8 @@ impl Profiler {
     }
 }
 
+/// Acts on a fork (any fork through libc, Python's or a C extension's: the atfork handler sets
+/// the flag) at the first cold-path entry after it, before anything is written or allocated.
 fn after_fork_if_needed(guard: &mut MutexGuard<'static, Option<Profiler>>) {
     if FORKED.swap(false, Relaxed) {
         if let Some(profiler) = guard.as_mut() {
@@ -443,8 +453,10 @@ fn after_fork_if_needed(guard: &mut MutexGuard<'static, Option<Profiler>>) {
 }
 
 extern "C" fn forked_child() {
-    // Only an atomic store: this runs in the child between fork and anything else.
+    // Only an atomic store and a thread-local store: this runs in the child between fork and
+    // anything else.
     FORKED.store(true, Relaxed);
+    crate::jitdump_file::forget_thread_id();
 }
 
 /// Cuts the files' unused filler now. Registered with Python's `atexit`, which runs before

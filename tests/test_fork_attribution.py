@@ -1,0 +1,199 @@
+"""Forked workers named truthfully, checked through perf: for every worker process, the share of
+its samples whose stack names the worker's own function, and that none names a function only the
+parent (or the other worker) ran. Every mode, with and without persist_after_fork, for os.fork,
+multiprocessing fork pools, a fork server, inherited-only code and a fork perftramp notices late
+(ctypes), and `perf record -p <child>` attached after the fork (what persist_after_fork buys)."""
+
+from __future__ import annotations
+
+import collections
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+from conftest import PERF_ENV, interpreter_has_frame_pointers
+from perftramp._perfscript import iter_stack_samples
+
+WORKLOAD = Path(__file__).parent / "workloads" / "fork_workers.py"
+SECONDS = "0.8"
+FP = interpreter_has_frame_pointers()
+
+
+@dataclass
+class Worker:
+    function: str
+    samples: int = 0
+    own: int = 0
+    foreign: int = 0
+    foreign_names: collections.Counter = None  # type: ignore[assignment]
+
+    @property
+    def own_share(self) -> float:
+        return self.own / self.samples if self.samples else 0.0
+
+
+def perf_major(perf: str) -> int:
+    out = subprocess.run([perf, "version"], capture_output=True, text=True).stdout
+    try:
+        return int(out.split()[-1].split(".")[0])
+    except (IndexError, ValueError):
+        return 0
+
+
+def call_graph(perf: str, mode: str) -> List[str]:
+    """How each mode is recorded (as `record` does): map mode with frame pointers where the
+    interpreter has them, else DWARF stacks (innermost Python frame); jit modes DWARF + -k 1."""
+    if mode == "map":
+        if FP:
+            return ["--call-graph", "fp"]
+        if perf_major(perf) >= 7:
+            pytest.skip("perf 7 does not unwind perf-map code with --call-graph dwarf (README: perf 7)")
+        return ["--call-graph", "dwarf,16384"]
+    return ["-k", "1", "--call-graph", "dwarf,16384"]
+
+
+def perf_env(mode: str, directory: Path, persist: bool) -> Dict[str, str]:
+    env = dict(os.environ, **PERF_ENV)
+    env.update(PERFTRAMP=mode, PERFTRAMP_DIR=str(directory),
+               PERFTRAMP_PERSIST_AFTER_FORK="1" if persist else "0")
+    env.pop("PERFTRAMP_SIGNAL", None)
+    return env
+
+
+def readable_data(perf: str, mode: str, data: Path) -> Path:
+    """perf.data, or its jit-injected copy in jit modes."""
+    if mode == "map":
+        return data
+    injected = data.with_suffix(".jit.data")
+    proc = subprocess.run([perf, "inject", "--jit", "-i", str(data), "-o", str(injected)],
+                          capture_output=True, text=True, env=dict(os.environ, **PERF_ENV))
+    assert proc.returncode == 0, proc.stderr
+    return injected
+
+
+def attribute(perf: str, data: Path, workers: Dict[int, str]) -> Dict[int, Worker]:
+    """Per worker pid: its samples, those naming its own function, those naming a function the
+    worker never ran (the parent's, or the other worker's)."""
+    proc = subprocess.run([perf, "script", "-F", "comm,pid,tid,ip,sym,dso", "-i", str(data)],
+                          capture_output=True, text=True, env=dict(os.environ, **PERF_ENV))
+    assert proc.returncode == 0, proc.stderr
+    result = {pid: Worker(name, foreign_names=collections.Counter()) for pid, name in workers.items()}
+    for sample in iter_stack_samples(proc.stdout.splitlines()):
+        worker = result.get(sample.pid)  # type: ignore[arg-type]
+        if worker is None:
+            continue
+        python = [f for f in sample.frames if f.startswith("py::")]
+        worker.samples += 1
+        if any(f.startswith(f"py::{worker.function}:") for f in python):
+            worker.own += 1
+        foreign = [f for f in python if f.startswith(("py::parent_", "py::worker_spin"))
+                   and not f.startswith(f"py::{worker.function}:")]
+        if foreign:
+            worker.foreign += 1
+            worker.foreign_names.update(foreign)
+    return result
+
+
+def run_scenario(perf: str, tmp_path: Path, mode: str, persist: bool, scenario: str) -> Dict[int, Worker]:
+    data = tmp_path / "perf.data"
+    proc = subprocess.run(
+        [perf, "record", "-q", "-F", "299", *call_graph(perf, mode), "-o", str(data), "--",
+         sys.executable, str(WORKLOAD), scenario, SECONDS],
+        capture_output=True, text=True, env=perf_env(mode, tmp_path, persist), timeout=300)
+    assert proc.returncode == 0, f"{proc.stderr}\n{proc.stdout}"
+    workers = {int(line.split()[1]): line.split()[2]
+               for line in proc.stdout.splitlines() if line.startswith("WORKER ")}
+    assert sorted(workers.values()) == ["worker_spin_a", "worker_spin_b"], proc.stdout
+    return attribute(perf, readable_data(perf, mode, data), workers)
+
+
+def assert_named_truthfully(workers: Dict[int, Worker], what: str) -> None:
+    for pid, worker in workers.items():
+        detail = (f"{what}: worker {pid} ({worker.function}): {worker.own}/{worker.samples} samples "
+                  f"name it, {worker.foreign} name another process's code "
+                  f"{dict(worker.foreign_names.most_common(3))}")
+        assert worker.samples >= 50, detail
+        assert worker.foreign == 0, detail
+        assert worker.own_share >= 0.90, detail
+
+
+@pytest.mark.parametrize("scenario", ["os_fork", "inherited", "pool", "c_fork"])
+@pytest.mark.parametrize("mode", ["map", "jit", "both"])
+def test_each_worker_is_named_by_its_own_functions(perf, tmp_path, mode, scenario):
+    workers = run_scenario(perf, tmp_path, mode, False, scenario)
+    assert_named_truthfully(workers, f"{mode} mode, {scenario}")
+
+
+@pytest.mark.parametrize("scenario", ["os_fork", "pool"])
+@pytest.mark.parametrize("mode", ["map", "jit"])
+def test_persist_after_fork_keeps_workers_named_truthfully(perf, tmp_path, mode, scenario):
+    workers = run_scenario(perf, tmp_path, mode, True, scenario)
+    assert_named_truthfully(workers, f"{mode} mode, persist_after_fork, {scenario}")
+
+
+@pytest.mark.skipif(not FP, reason="fork-server workers (forked by an exec'd server) lose DWARF "
+                    "unwinding through the interpreter in perf itself, with CPython's own -X perf "
+                    "too (README: known limits); frame pointers are checked")
+def test_fork_server_workers_are_named_by_their_own_functions(perf, tmp_path):
+    workers = run_scenario(perf, tmp_path, "map", False, "forkserver")
+    assert_named_truthfully(workers, "map mode, forkserver")
+
+
+ATTACH_LATER = """\
+import os, sys, time
+sys.path.insert(0, {workloads!r})
+os.environ["PERFTRAMP_TEST_SECONDS"] = "0"
+import fork_workers as w
+w.worker_spin_a(0.01)  # its trampoline is made in the parent
+pid = os.fork()
+if pid == 0:
+    time.sleep(1.0)  # perf attaches meanwhile
+    w.worker_spin_a(2.5)
+    os._exit(0)
+print(f"CHILD {{pid}}", flush=True)
+os.waitpid(pid, 0)
+"""
+
+
+@pytest.mark.parametrize("persist", [False, True], ids=["default", "persist"])
+@pytest.mark.parametrize("mode", ["map", "jit"])
+def test_persist_after_fork_names_inherited_code_for_perf_attached_to_the_child(
+        perf, tmp_path, mode, persist):
+    """What persist_after_fork buys: a perf session that starts after the fork (perf record -p
+    CHILD) sees the inherited arenas as the child's own and names them from the child's files,
+    which describe inherited trampolines only with persist_after_fork."""
+    script = tmp_path / "attach_later.py"
+    script.write_text(ATTACH_LATER.format(workloads=str(WORKLOAD.parent)))
+    env = perf_env(mode, tmp_path, persist)
+    program = subprocess.Popen([sys.executable, str(script), "x", "0"], stdout=subprocess.PIPE,
+                               text=True, env=env)
+    try:
+        assert program.stdout is not None
+        line = program.stdout.readline()
+        assert line.startswith("CHILD "), line
+        child = int(line.split()[1])
+        time.sleep(0.3)
+        data = tmp_path / "perf.data"
+        proc = subprocess.run(
+            [perf, "record", "-q", "-F", "499", *call_graph(perf, mode), "-o", str(data),
+             "-p", str(child), "--", "sleep", "1.5"],
+            capture_output=True, text=True, env=dict(os.environ, **PERF_ENV), timeout=120)
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        program.wait(timeout=60)
+    worker = attribute(perf, readable_data(perf, mode, data), {child: "worker_spin_a"})[child]
+    detail = f"{mode}, persist={persist}: {worker.own}/{worker.samples} samples name worker_spin_a"
+    assert worker.samples >= 50, detail
+    assert worker.foreign == 0, detail
+    if persist:
+        assert worker.own_share >= 0.90, detail
+    else:
+        # Without it the child's files name only what the child made: perf, which never saw the
+        # fork, cannot name the inherited trampoline (documented; that is what persist is for).
+        assert worker.own_share <= 0.10, detail
