@@ -24,6 +24,7 @@ pub mod names;
 pub mod perf_map;
 pub mod profiler;
 pub mod stack_guard;
+pub mod state_marker;
 pub mod unwind;
 
 #[cfg(test)]

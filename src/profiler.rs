@@ -187,6 +187,7 @@ pub unsafe fn enable(
     PROCESS_HOOKS.call_once(install_process_hooks);
     cpython::enable_c_recursion_refund(recursion_limit);
     hook::activate();
+    crate::state_marker::show();
     if let Some(profiler) = guard.as_mut() {
         profiler.pass_through = false;
         profiler.persist_after_fork = persist_after_fork;
@@ -206,6 +207,7 @@ pub unsafe fn disable() {
         return;
     }
     let outcome = hook::deactivate();
+    crate::state_marker::hide();
     if let Some(profiler) = guard.as_mut() {
         profiler.pass_through = outcome == Deactivated::PassThrough;
         // Leave exactly the entries in the file while off.

@@ -560,6 +560,24 @@ def test_interpreter_detection(tmp_path):
     assert _record.python_of("/bin/ls") is None
     assert _record.choose_mode("auto", "py", True, None).mode == "map"
     plan = _record.choose_mode("auto", "py", False, None)
-    assert (plan.mode, plan.unwind, plan.frequency) == ("jit", "jit", 499)
+    assert (plan.mode, plan.unwind, plan.frequency) == ("jit", "jit", 249)
     assert _record.choose_mode("auto", None, None, 97).frequency == 97
     assert _record.choose_mode("map", "py", False, None).unwind == "dwarf"
+
+
+def test_ring_buffer_is_enlarged_for_dwarf_by_root_unless_chosen(monkeypatch):
+    from perftramp import _record
+    monkeypatch.setattr(_record.os, "geteuid", lambda: 0)
+    assert _record.ring_buffer_args("jit", []) == ["-m", "16M"]
+    assert _record.ring_buffer_args("dwarf", ["--call-graph", "dwarf"]) == ["-m", "16M"]
+    assert _record.ring_buffer_args("fp", []) == []
+    assert _record.ring_buffer_args("jit", ["-m", "64"]) == []
+    assert _record.ring_buffer_args("jit", ["--mmap-pages=8M"]) == []
+    monkeypatch.setattr(_record.os, "geteuid", lambda: 1000)
+    assert _record.ring_buffer_args("jit", []) == []
+
+
+def test_lost_chunks_are_read_from_perfs_warning():
+    from perftramp import _report
+    assert _report.lost_chunks("Warning:\nProcessed 58563 events and lost 136 chunks!\n") == 136
+    assert _report.lost_chunks("nothing lost here\n") == 0

@@ -102,9 +102,11 @@ class Files:
     map_size: Optional[int]
     dump: Optional[Path]
     dump_size: Optional[int]
-    #: How many mappings of the dump the process has: 2 while perftramp writes it (its writer
-    #: mapping and the executable marker perf looks for), 1 once it is off.
+    #: How many mappings of the dump the process has (the executable marker perf looks for).
     dump_mappings: int
+    #: Whether perftramp says it is on (its `/memfd:perftramp-enabled` mapping); None when the
+    #: process's maps cannot be read.
+    enabled: Optional[bool] = None
 
     @property
     def modes(self) -> List[str]:
@@ -140,13 +142,20 @@ def _size(path: Path, started: Optional[float]) -> Optional[int]:
     return st.st_size
 
 
+#: How perftramp's on/off marker appears in /proc/PID/maps (src/state_marker.rs).
+STATE_MARKER = "/memfd:perftramp-enabled (deleted)"
+
+
 def files_of(pid: int, env: Dict[str, str]) -> Files:
     started = start_time(pid)
     dump: Optional[Path] = None
     mappings = 0
+    enabled: Optional[bool] = None
     suffix = f"/jit-{pid}.dump"
     try:
-        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+        enabled = any(line.endswith(STATE_MARKER) for line in lines)
+        for line in lines:
             path = line.split(None, 5)[5] if len(line.split(None, 5)) == 6 else ""
             if path.endswith(" (deleted)"):
                 path = path[: -len(" (deleted)")]
@@ -161,16 +170,18 @@ def files_of(pid: int, env: Dict[str, str]) -> Files:
         if candidate.is_file():
             dump_size = _size(candidate, started)
             dump = candidate if dump_size is not None else None
-    return Files(_size(Path(f"/tmp/perf-{pid}.map"), started), dump, dump_size, mappings)
+    return Files(_size(Path(f"/tmp/perf-{pid}.map"), started), dump, dump_size, mappings, enabled)
 
 
 def observe(pid: int, env: Dict[str, str], before: Files, timeout: float) -> Tuple[str, Files]:
-    """After a toggle: 'on' when perftramp's files appeared or grew (it pre-extends them when it
-    starts writing), 'off' when they shrank (it cuts its unused reserve when it stops), else
-    'unknown' (e.g. turned on again with every function already compiled: nothing to write)."""
+    """After a toggle: what perftramp's state marker says once it changed (src/state_marker.rs);
+    for an older perftramp without one, 'on' when its files appeared or grew, 'off' when they
+    shrank (it cuts its unused reserve when it stops), else 'unknown'."""
     deadline = time.monotonic() + timeout
     while True:
         now = files_of(pid, env)
+        if now.enabled is not None and before.enabled is not None and now.enabled != before.enabled:
+            return ("on" if now.enabled else "off"), now
         grew = ((now.map_size or 0) > (before.map_size or 0) or (now.dump_size or 0) > (before.dump_size or 0)
                 or (before.map_size is None and now.map_size is not None)
                 or (before.dump is None and now.dump is not None)
@@ -285,7 +296,8 @@ def record_pid(perf: str, pid: int, *, duration: float, output: Path, force: boo
         mode, unwind = "map", "fp" if fp or fp is None else "dwarf"
     hz = frequency or rec.DEFAULT_HZ[unwind]
     data = directory / rp.PERF_DATA
-    perf_command = [perf, "record", "-F", str(hz), *rec.CALL_GRAPH[unwind], *perf_args,
+    perf_command = [perf, "record", "-F", str(hz), *rec.CALL_GRAPH[unwind],
+                    *rec.ring_buffer_args(unwind, perf_args), *perf_args,
                     "-p", str(pid), "-o", str(data)]
     rp.write_meta(directory, {
         "command": [f"pid {pid}:", *cmdline(pid)],

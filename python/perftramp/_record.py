@@ -37,8 +37,24 @@ CALL_GRAPH = {
     "dwarf": ["--call-graph", "dwarf,65528"],
     "jit": ["-k", "1", "--call-graph", "dwarf,65528"],
 }
-#: Default sampling rates: dwarf stacks copy 64 KiB per sample, so they are sampled less often.
-DEFAULT_HZ = {"fp": 999, "dwarf": 499, "jit": 499}
+#: Default sampling rates. A DWARF sample copies 64 KiB of stack (what deep Python stacks need:
+#: each Python call takes ~1 KiB of C stack), so at 499 Hz two busy cores produce 64 MB/s, more
+#: than perf drains on a 2-core machine: a forking program (black on 170 files) lost 136 chunks.
+#: At 249 Hz with the ring buffer below it lost none (README: "Sampling defaults").
+DEFAULT_HZ = {"fp": 999, "dwarf": 249, "jit": 249}
+#: perf's ring buffer per CPU. Its default (512 KiB) holds 8 DWARF samples: any scheduling hiccup
+#: of perf itself loses samples. 16 MiB holds ~1 s of DWARF samples per CPU. Only root may lock
+#: that much (others are bounded by kernel.perf_event_mlock_kb, and perf would refuse).
+RING_BUFFER = ["-m", "16M"]
+
+
+def ring_buffer_args(unwind: str, perf_args: Sequence[str]) -> List[str]:
+    """`-m 16M` for DWARF recordings by root, unless the user chose a size (-m/--mmap-pages)."""
+    chosen = any(a in ("-m", "--mmap-pages") or a.startswith(("-m", "--mmap-pages="))
+                 for a in perf_args)
+    if unwind == "fp" or chosen or os.geteuid() != 0:
+        return []
+    return list(RING_BUFFER)
 
 
 def clean_env() -> Dict[str, str]:
@@ -272,7 +288,7 @@ def record_command(perf: str, command: List[str], *, output: Path, mode: str, fr
         env.pop("PERFTRAMP_DIR", None)
     data = directory / rp.PERF_DATA
     perf_command = [perf, "record", "-F", str(plan.frequency), *CALL_GRAPH[plan.unwind],
-                    *perf_args, "-o", str(data), "--", *command]
+                    *ring_buffer_args(plan.unwind, perf_args), *perf_args, "-o", str(data), "--", *command]
     say(f"{plan.reason}")
     say(f"running: PERFTRAMP={plan.mode}"
         + (f" PERFTRAMP_DIR={env['PERFTRAMP_DIR']}" if plan.mode == "jit" else "")
@@ -308,6 +324,10 @@ def _draw(perf: str, directory: Path, mode: str, *, top: int, inline: bool, stat
     sys.stdout.write(table)
     sys.stdout.flush()
     data = rp.data_file(directory)
+    lost = rp.read_meta(directory).get("lost_chunks")
+    samples = sum(counts.values())
+    say(f"{samples:,} samples; " + (f"perf LOST {lost:,} chunks of samples (see above)"
+                                   if isinstance(lost, int) and lost else "no samples lost"))
     say("wrote " + ", ".join(str(p) for p in written))
     say(f"open {directory / rp.SVG} in a browser (click to zoom, Ctrl-F to search); "
         f"more: perf report -i {data} --children --sort symbol")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -217,6 +218,16 @@ class Collapsed:
     counts: Dict[str, int]
     samples: int
     pids: Set[int]
+    #: Chunks of samples perf lost while recording (its ring buffer overflowed).
+    lost_chunks: int = 0
+
+
+_LOST = re.compile(r"lost (\d+) chunks")
+
+
+def lost_chunks(perf_stderr: str) -> int:
+    """The chunks of samples perf says it lost ("Processed N events and lost M chunks!")."""
+    return sum(int(m.group(1)) for m in _LOST.finditer(perf_stderr))
 
 
 def script_collapse(perf: str, data: Path, *, inline: bool = False) -> Collapsed:
@@ -248,13 +259,13 @@ def script_collapse(perf: str, data: Path, *, inline: bool = False) -> Collapsed
     errors = stderr.read()
     if proc.returncode != 0:
         raise CliError(f"perf script -i {data} failed (exit {proc.returncode}):\n{_tail(errors)}")
-    lost = [line.strip() for line in errors.splitlines() if "lost" in line.lower()]
+    lost = lost_chunks(errors)
     if lost:
-        say("perf says: " + " ".join(lost[:2]) + " (bigger buffers help: --perf-args='-m 8M', "
-            "or a lower -F)")
+        say(f"perf lost {lost:,} chunks of samples while recording: the profile undercounts "
+            f"(perf could not keep up; a lower -F, or bigger buffers: --perf-args='-m 32M')")
     if progress.elapsed > 2:
         say(f"perf script: {seen[0]:,} samples in {progress.elapsed:.1f} s")
-    return Collapsed(counts, seen[0], pids)
+    return Collapsed(counts, seen[0], pids, lost)
 
 
 # --- outputs -------------------------------------------------------------------------------------
@@ -378,6 +389,7 @@ def finish(perf: Optional[str], directory: Path, *, rescan: bool, python: Option
         counts = result.counts
         written.append(write_collapsed(directory, counts))
         meta["pids"] = sorted(result.pids)
+        meta["lost_chunks"] = result.lost_chunks
         if meta:
             write_meta(directory, meta)
     if title is None:
