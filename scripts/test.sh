@@ -51,6 +51,13 @@ if [ -z "$cargo_summary" ] || grep -q 'error\[\|could not compile' "$root/target
     echo "test.sh: cargo test did not run" >&2; rust_failed=$((rust_failed + 1))
 fi
 
+# The live jitdump reader (samply's reader library) that tests/test_jit_live.py follows dumps with.
+if cargo build --quiet --example jitdump_follow; then
+    export PERFTRAMP_JITDUMP_FOLLOWER="$root/target/debug/examples/jitdump_follow"
+else
+    echo "test.sh: building examples/jitdump_follow failed" >&2; rust_failed=$((rust_failed + 1))
+fi
+
 total_passed=$rust_passed total_failed=$rust_failed total_skipped=0
 declare -a report=("rust: $rust_passed passed, $rust_failed failed")
 mkdir -p "$root/.venvs" "$root/target/pytest"
