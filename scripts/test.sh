@@ -68,7 +68,7 @@ for py in "${pythons[@]}"; do
     venv="$root/.venvs/$tag"
     [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-    "$venv/bin/python" -m pip install -q pytest
+    "$venv/bin/python" -m pip install -q pytest flake8  # flake8: a real forking program (tests/test_fork_third_party.py)
     if ! "$venv/bin/python" -m pip install -q --force-reinstall --no-deps "$root"; then
         echo "test.sh: building perftramp for $tag failed" >&2
         total_failed=$((total_failed + 1)); report+=("$tag: BUILD FAILED"); continue

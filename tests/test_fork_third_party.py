@@ -1,0 +1,73 @@
+"""A real program from PyPI that forks, recorded as users record it: flake8 -j 2 checks files in
+a multiprocessing fork pool. The table must name what the workers do (flake8's checkers), and no
+worker sample may name the parent's pool threads (perftramp before fork-safe arenas showed the
+parent's Pool._handle_results and friends for the workers' code, and none of the checkers)."""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from conftest import PERF_ENV
+from perftramp import _report as rp
+from perftramp._perfscript import iter_stack_samples
+
+PARENT_ONLY = ("Pool._handle_results", "Pool._handle_tasks", "Pool._handle_workers")
+WORKER_WORK = "FileChecker.run_checks"
+
+
+def flake8() -> str:
+    path = Path(sys.executable).parent / "flake8"
+    if not path.exists():
+        if os.environ.get("CI") or os.environ.get("PERFTRAMP_REQUIRE_PERF") == "1":
+            pytest.fail(f"flake8 is not installed next to {sys.executable} (scripts/test.sh installs it)")
+        pytest.skip("flake8 is not installed (pip install flake8)")
+    return str(path)
+
+
+@pytest.mark.parametrize("mode", ["auto", "jit"])
+def test_flake8_workers_are_named_by_their_own_work(perf, tmp_path, mode):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for source in sorted(stdlib.glob("*.py"))[:80]:
+        shutil.copy(source, corpus / source.name)
+    out = tmp_path / "rec"
+    proc = subprocess.run(
+        [sys.executable, "-m", "perftramp", "record", "-o", str(out), "--mode", mode, "--",
+         flake8(), "-j", "2", "--exit-zero", "-q", str(corpus)],
+        capture_output=True, text=True, env=dict(os.environ, **PERF_ENV), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no samples lost" in proc.stderr, proc.stderr[-2000:]
+    data = rp.data_file(out)
+    script = subprocess.run([perf, "script", "-F", "comm,pid,tid,ip,sym,dso", "-i", str(data)],
+                            capture_output=True, text=True, env=dict(os.environ, **PERF_ENV))
+    assert script.returncode == 0, script.stderr
+    per_pid = collections.defaultdict(lambda: [0, 0, 0])  # samples, doing the work, mislabelled
+    for sample in iter_stack_samples(script.stdout.splitlines()):
+        counts = per_pid[sample.pid]
+        counts[0] += 1
+        python = [f for f in sample.frames if f.startswith("py::")]
+        counts[1] += any(f.startswith(f"py::{WORKER_WORK}:") for f in python)
+        counts[2] += any(f.split(":")[2] in PARENT_ONLY for f in python if f.count(":") >= 3)
+    workers = {pid: c for pid, c in per_pid.items() if c[1] > 0}
+    assert len(workers) == 2, f"expected 2 flake8 workers doing the checks: {dict(per_pid)}"
+    total = sum(c[0] for c in per_pid.values())
+    work = sum(c[1] for c in workers.values())
+    assert work >= 0.4 * total, f"only {work}/{total} samples are in the workers' checks\n{proc.stdout}"
+    for pid, (samples, doing, mislabelled) in workers.items():
+        assert doing >= 0.8 * samples, f"worker {pid}: {doing}/{samples} samples in {WORKER_WORK}"
+        assert mislabelled == 0, f"worker {pid}: {mislabelled} samples name the parent's pool threads"
+    # The table (top rows by self time) leads with what the workers run: flake8's checkers.
+    table = (out / "top.txt").read_text()
+    checker_rows = [line for line in table.splitlines()[2:12]
+                    if any(part in line for part in ("pycodestyle", "pyflakes", "flake8/processor",
+                                                     "flake8/checker", "tokenize.py", "ast.py"))]
+    assert len(checker_rows) >= 3, table
