@@ -243,5 +243,7 @@ fn _perftramp(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(perf_map_path, m)?)?;
     m.add_function(wrap_pyfunction!(flamegraph::render_flamegraph, m)?)?;
     m.add("VALID_MODES", Mode::VALID)?;
+    // The one version number: Cargo.toml's, which maturin also gives the wheel and sdist.
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
