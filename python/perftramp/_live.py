@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from . import _perf
 from . import _record as rec
 from . import _report as rp
 from ._report import CliError, say
@@ -283,6 +284,15 @@ def record_pid(perf: str, pid: int, *, duration: float, output: Path, force: boo
         unwind = "jit"
     else:
         mode, unwind = "map", "fp" if fp or fp is None else "dwarf"
+    perf_info = _perf.inspect(perf)
+    if unwind == "jit" and after.dump is not None and \
+            not _perf.jit_directory_works(after.dump.parent, perf_info):
+        say(f"warning: {perf_info.text} unwinds jitted code only under {_perf.JITTED_PREFIX}*, and "
+            f"{pid} writes {after.dump}: Python frames will not be unwound. Start it with "
+            f"PERFTRAMP_DIR=/tmp (or a directory named {_perf.JITTED_PREFIX}...)")
+    elif unwind == "dwarf" and not perf_info.map_dwarf_resolves:
+        say(f"warning: {perf_info.text} resolves no frame in perf-map code with dwarf stacks, and "
+            f"{exe} has no frame pointers: start the process with PERFTRAMP_MODE=jit")
     hz = frequency or rec.DEFAULT_HZ[unwind]
     data = directory / rp.PERF_DATA
     perf_command = [perf, "record", "-F", str(hz), *rec.CALL_GRAPH[unwind], *perf_args,
