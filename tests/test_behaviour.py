@@ -644,7 +644,8 @@ def depth_any_eval_hook_reaches(limit):
     perftramp) recurses at `limit` on this build before the C stack stops it, or None where it
     does not exist, crashes, or stops for another reason.
     The C stack a call costs depends on the build (compiler, flags, interpreter loop): Debian's
-    3.14.10 reaches 9,158 frames in 8 MiB with it, 3.13 builds here over 15,000."""
+    3.14.10 reaches 9,158 frames in 8 MiB with it (3.12/3.13 stop -X perf by a counter instead,
+    and perftramp's own guard lets pyenv's 3.11-3.13 reach 15,000-18,000)."""
     if not hasattr(sys, "activate_stack_trampoline"):
         return None
     proc = recursion_in_child("xperf", limit)

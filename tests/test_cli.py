@@ -621,12 +621,12 @@ def test_interpreter_detection(tmp_path):
 
 def test_map_mode_never_uses_dwarf_with_a_libdw_perf():
     """perf 7's libdw unwinder names no perf-map frame with dwarf stacks: `--mode map` without
-    frame pointers records in jit mode there, and says why; with frame pointers, map + fp."""
+    frame pointers records fp stacks there (the innermost Python frame), and says why."""
     from perftramp import _record
 
     plan = _record.choose_mode("map", "py", False, None, map_dwarf_resolves=False)
-    assert (plan.mode, plan.unwind) == ("jit", "jit")
-    assert "libdw" in plan.reason and "jit mode instead" in plan.reason
+    assert (plan.mode, plan.unwind) == ("map", "fp")
+    assert "libdw" in plan.reason and "--mode jit gives full stacks" in plan.reason
     plan = _record.choose_mode("map", "py", True, None, map_dwarf_resolves=False)
     assert (plan.mode, plan.unwind) == ("map", "fp")
     plan = _record.choose_mode("auto", "py", False, None, map_dwarf_resolves=False)

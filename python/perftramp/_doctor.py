@@ -146,9 +146,8 @@ def run_doctor(python: Optional[str]) -> int:
                                     f"{where} -m pip install --force-reinstall perftramp"))
         checks.append(Check("frame pointers", "ok" if fp else "info",
                             "yes: map mode + --call-graph fp gives full stacks" if fp else
-                            "no (usual for distribution builds): map mode shows at most the innermost "
-                            "Python frame (dwarf stacks, with a perf that unwinds with libunwind); "
-                            "jit mode gives full stacks",
+                            "no (usual for distribution builds): map mode shows only the innermost "
+                            "Python frame; jit mode gives full stacks",
                             None if fp else FP_FIX))
 
     # perf.

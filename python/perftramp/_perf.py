@@ -6,7 +6,8 @@ Debian's perf 6.1 uses libunwind; perf 7 dropped libunwind by default and uses l
 behaves differently for the code perftramp makes (measured with perf 7.2 on CPython 3.14/3.15):
 
 * perf-map code (map mode): libdw resolves no frame inside it at all (CPython's own `-X perf`
-  included): map mode needs `--call-graph fp` there.
+  included): map mode needs `--call-graph fp` there (full stacks with frame pointers, else the
+  innermost Python frame of most samples).
 * jitted code (jit mode): perf's libdw glue places the ELF files `perf inject --jit` writes at
   the right address only when their path starts with `/tmp/jitted-` (a string compare in
   tools/perf/util/unwind-libdw.c); inject writes them next to the jitdump, so the dump must be
@@ -116,8 +117,8 @@ class PerfInfo:
         """One line: what this perf can do for perftramp."""
         if self.unwinder == "libdw":
             return ("dwarf unwinding with libdw: map mode needs --call-graph fp (libdw resolves no "
-                    "frame in perf-map code); jit mode needs the jitdump in /tmp or a directory "
-                    f"starting with {JITTED_PREFIX} (record does this)")
+                    "frame in perf-map code; record does this); jit mode needs the jitdump in /tmp "
+                    f"or a directory starting with {JITTED_PREFIX} (record does this)")
         if self.unwinder == "libunwind":
             return ("dwarf unwinding with libunwind: map mode with fp or dwarf stacks, jit mode "
                     "with the jitdump in any directory")
