@@ -37,6 +37,9 @@ fn slot_of(thread: usize) -> usize {
 /// really near the end).
 #[inline(always)]
 pub fn clear_of_stack_end() -> bool {
+    if crate::cpython::EVALUATOR_GUARDS_C_STACK {
+        return true; // compiled out: no thread-pointer lookup on the hot path
+    }
     let thread = arch::thread_pointer();
     let slot = slot_of(thread);
     KEYS[slot].load(Relaxed) == thread && arch::stack_pointer() >= FLOORS[slot].load(Relaxed)
@@ -45,6 +48,9 @@ pub fn clear_of_stack_end() -> bool {
 /// True when the current stack pointer is within [`MARGIN`] of this thread's stack end.
 #[inline(always)]
 pub fn near_stack_end() -> bool {
+    if crate::cpython::EVALUATOR_GUARDS_C_STACK {
+        return false;
+    }
     let sp = arch::stack_pointer();
     let thread = arch::thread_pointer();
     let slot = slot_of(thread);

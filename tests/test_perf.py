@@ -120,12 +120,19 @@ def test_fp_stacks_are_full_through_every_kind_of_call(perf, tmp_path):
     perf_record(perf, data, [sys.executable, str(script), "2.0"], call_graph="fp")
     samples = [s for s in perf_script(perf, data) if py_name("leaf", str(script)) in s.symbols]
     assert len(samples) >= 300, f"only {len(samples)} samples in leaf"
-    middle = {"via_init": "C.__init__", "via_prop": "C.prop", "via_meth": "C.meth",
-              "via_item": "C.__getitem__", "via_gen": "gen", "via_plain": None}
+    # CPython 3.13 runs the __init__ of a class instantiated from Python inline, without calling
+    # the eval hook (its CALL_ALLOC_AND_ENTER_INIT lacks the PEP 523 check 3.14 has): no hook
+    # sees that frame, CPython's own -X perf neither (measured on 3.13.15: 1 of 88 samples).
+    init_inline = sys.version_info[:2] == (3, 13)
+    middle = {"via_init": None if init_inline else "C.__init__", "via_prop": "C.prop",
+              "via_meth": "C.meth", "via_item": "C.__getitem__", "via_gen": "gen", "via_plain": None}
     counts = {}
     for caller, callee in middle.items():
         chain = [py_name(q, str(script)) for q in ("leaf", callee, caller) if q]
         counts[caller] = sum(has_chain(s.symbols, chain) for s in samples)
+    if init_inline:
+        init = py_name("C.__init__", str(script))
+        assert not any(init in s.symbols for s in samples), "3.13 gave __init__ a frame after all"
     print(f"{len(samples)} samples in leaf, full chains per call kind: {counts}")
     share = sum(counts.values()) / len(samples)
     assert share >= 0.90, f"{share:.1%} of leaf samples have a full chain: {counts}"
