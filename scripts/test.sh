@@ -7,7 +7,12 @@
 #   PERFTRAMP_PYTHONS="/usr/bin/python3.12" bash scripts/test.sh   # chosen interpreters only
 #   PERFTRAMP_NO_FP_BUILD=1 bash scripts/test.sh                    # skip the frame-pointer build
 #   PERFTRAMP_NO_REGRTEST=1 bash scripts/test.sh                    # skip CPython's own tests
+#   PERFTRAMP_NO_SID=1 bash scripts/test.sh                         # skip the sid chroot tier
 #   bash scripts/test.sh -k perf         # extra arguments go to pytest
+#
+# Then CPython 3.14 and 3.15 (Debian sid's, in a chroot set up by scripts/sid-chroot.sh; needs
+# root): the whole suite with sid's perf 7.x, the perf tests again with the host's perf 6.1 run
+# inside the chroot, and CPython's regression tests.
 #
 # Ends with one line "perftramp: N passed, N failed, N skipped" and exits non-zero if anything
 # failed, errored, or if an interpreter ran no test at all.
@@ -39,6 +44,23 @@ fi
 [ "${#pythons[@]}" -gt 0 ] || { echo "test.sh: no CPython >= 3.9 found" >&2; exit 1; }
 
 first="${pythons[0]}"
+
+# "passed failed skipped tests" of a pytest JUnit XML file ("0 0 0 0" if it is missing).
+junit_counts() {
+    "$first" - "$1" <<'PY'
+import sys, xml.etree.ElementTree as ET
+try:
+    root = ET.parse(sys.argv[1]).getroot()
+except Exception:
+    print("0 0 0 0"); sys.exit()
+suites = [root] if root.tag == "testsuite" else list(root)
+t = sum(int(s.get("tests", 0)) for s in suites)
+f = sum(int(s.get("failures", 0)) for s in suites)
+e = sum(int(s.get("errors", 0)) for s in suites)
+k = sum(int(s.get("skipped", 0)) for s in suites)
+print(t - f - e - k, f + e, k, t)
+PY
+}
 mkdir -p "$root/target"
 echo "== Rust unit tests (cargo test, linked against $first)"
 libdir=$("$first" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')
@@ -82,20 +104,7 @@ for py in "${pythons[@]}"; do
         --junitxml="$xml" -o junit_family=xunit2 "$@" tests)
     code=$?
     set -e
-    counts=$("$venv/bin/python" - "$xml" <<'PY'
-import sys, xml.etree.ElementTree as ET
-try:
-    root = ET.parse(sys.argv[1]).getroot()
-except Exception:
-    print("0 0 0 0"); sys.exit()
-suites = [root] if root.tag == "testsuite" else list(root)
-t = sum(int(s.get("tests", 0)) for s in suites)
-f = sum(int(s.get("failures", 0)) for s in suites)
-e = sum(int(s.get("errors", 0)) for s in suites)
-k = sum(int(s.get("skipped", 0)) for s in suites)
-print(t - f - e - k, f + e, k, t)
-PY
-)
+    counts=$(junit_counts "$xml")
     read -r passed failed skipped tests <<<"$counts"
     if [ "$code" -eq 5 ] || [ "$tests" -eq 0 ]; then
         echo "test.sh: pytest ran no test on $tag" >&2; failed=$((failed + 1))
@@ -117,6 +126,85 @@ PY
     report+=("$tag: $passed passed, $failed failed, $skipped skipped")
     index=$((index + 1))
 done
+
+# --- CPython 3.14 and 3.15 in a Debian sid chroot, with perf 7.x and the host's perf 6.1 ------------
+# The chroot sees only the host's /tmp: the checkout is copied there to be built inside.
+if [ "${PERFTRAMP_NO_SID:-0}" != 1 ]; then
+    sid_root=${SID_ROOT:-/opt/sid}
+    sid_src=/tmp/perftramp-ci-src
+    in_sid() { chroot "$sid_root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 PATH=/usr/local/bin:/usr/bin:/bin "$@"; }
+    # Sums one pytest run (JUnit XML, exit code) into the totals, under a report label.
+    sid_account() {
+        local label=$1 xml=$2 code=$3 extra_passed=${4:-0} extra_failed=${5:-0}
+        local passed failed skipped tests
+        read -r passed failed skipped tests <<<"$(junit_counts "$xml")"
+        if [ "$code" -eq 5 ] || [ "$tests" -eq 0 ]; then
+            echo "test.sh: pytest ran no test on $label" >&2; failed=$((failed + 1))
+        elif [ "$code" -ne 0 ] && [ "$failed" -eq 0 ]; then
+            echo "test.sh: pytest exited $code on $label" >&2; failed=1
+        fi
+        passed=$((passed + extra_passed)); failed=$((failed + extra_failed))
+        total_passed=$((total_passed + passed)); total_failed=$((total_failed + failed))
+        total_skipped=$((total_skipped + skipped))
+        report+=("$label: $passed passed, $failed failed, $skipped skipped")
+    }
+    if [ "$(id -u)" != 0 ]; then
+        echo "test.sh: the sid chroot tier (CPython 3.14/3.15, perf 7) needs root; PERFTRAMP_NO_SID=1 skips it" >&2
+        total_failed=$((total_failed + 1)); report+=("sid chroot: NOT RUN (needs root)")
+    elif ! SID_ROOT="$sid_root" bash scripts/sid-chroot.sh; then
+        echo "test.sh: setting up the sid chroot failed" >&2
+        total_failed=$((total_failed + 1)); report+=("sid chroot: SETUP FAILED")
+    else
+        rm -rf "$sid_src"; mkdir -p "$sid_src/target/pytest"
+        tar -C "$root" --exclude=./target --exclude=./.venvs --exclude=./.git -cf - . | tar -C "$sid_src" -xf -
+        sid_perf=$(in_sid perf version | awk '{print $3}')
+        host_perf=$(in_sid /opt/hostperf/bin/perf version | awk '{print $3}')
+        for v in ${SID_PYTHONS:-3.14 3.15}; do
+            venv=/opt/venvs/py$v
+            tag="$(in_sid "python$v" -c 'import sys; print(sys.version.split()[0])' || echo "$v")-sid"
+            echo "== CPython $tag (sid chroot, $venv)"
+            [ -x "$sid_root$venv/bin/python" ] || in_sid "python$v" -m venv "$venv"
+            in_sid "$venv/bin/python" -m pip install -q pytest
+            # A per-version cargo target under /tmp: rebuilds only what changed.
+            if ! in_sid env CARGO_TARGET_DIR="/tmp/perftramp-ci-target-$v" "$venv/bin/python" -m pip install \
+                    -q --force-reinstall --no-deps "$sid_src"; then
+                echo "test.sh: building perftramp for $tag failed" >&2
+                total_failed=$((total_failed + 1)); report+=("$tag: BUILD FAILED"); continue
+            fi
+            env_extra=(PERFTRAMP_SKIP_ONCE=1 PERFTRAMP_REQUIRE_PERF=1)
+            # 3.15 builds keep frame pointers by default: the fp tests must run, not skip.
+            case $v in 3.14) ;; *) env_extra+=(PERFTRAMP_EXPECT_FP=1) ;; esac
+            xml="target/pytest/$tag-perf$sid_perf.xml"
+            set +e
+            in_sid env "${env_extra[@]}" sh -c "cd $sid_src && exec $venv/bin/python -m pytest -q \
+                -p no:cacheprovider --junitxml=$xml -o junit_family=xunit2 $* tests"
+            code=$?
+            set -e
+            cp "$sid_src/$xml" "$root/target/pytest/" 2>/dev/null || true
+            sid_account "$tag, perf $sid_perf" "$sid_src/$xml" "$code"
+            # The tests that run perf, again with the host's perf (6.1, libunwind) inside the chroot.
+            xml="target/pytest/$tag-perf$host_perf.xml"
+            set +e
+            in_sid env "${env_extra[@]}" PERFTRAMP_PERF=/opt/hostperf/bin/perf sh -c "cd $sid_src && \
+                exec $venv/bin/python -m pytest -q -p no:cacheprovider -m perf --junitxml=$xml \
+                -o junit_family=xunit2 $* tests"
+            code=$?
+            set -e
+            cp "$sid_src/$xml" "$root/target/pytest/" 2>/dev/null || true
+            regr_passed=0 regr_failed=0
+            if [ "${PERFTRAMP_NO_REGRTEST:-0}" != 1 ]; then
+                echo "-- CPython regression tests with and without perftramp ($tag)"
+                if in_sid "$venv/bin/python" "$sid_src/scripts/cpython_regrtest.py" --quick; then
+                    regr_passed=1
+                else
+                    echo "test.sh: CPython's regression tests differ with perftramp on $tag" >&2
+                    regr_failed=1
+                fi
+            fi
+            sid_account "$tag, perf $host_perf" "$sid_src/$xml" "$code" "$regr_passed" "$regr_failed"
+        done
+    fi
+fi
 
 echo
 echo "== Summary"

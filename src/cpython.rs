@@ -1,5 +1,5 @@
 //! The one seam between perftramp and CPython's internals: everything that differs between
-//! CPython 3.9 and 3.14 (frame layout, symbol names, exception save/restore) lives here, selected
+//! CPython 3.9 and 3.15 (frame layout, symbol names, exception save/restore) lives here, selected
 //! by the `Py_3_X` cfgs that build.rs emits. Nothing else in the crate spells a version.
 
 use std::ffi::{c_char, c_int, c_void, CStr};
@@ -45,8 +45,10 @@ pub fn unsupported_reason() -> Option<&'static str> {
     if cfg!(Py_GIL_DISABLED) {
         return Some("free-threaded CPython (3.13t/3.14t) is not supported yet");
     }
-    if cfg!(Py_3_15) {
-        return Some("CPython 3.15 and newer: the frame layout has not been verified yet");
+    // 3.15 keeps 3.14's frame layout (tagged f_executable) and eval-frame API; checked on
+    // Debian's 3.15.2. Versions after 3.15 are refused until someone verifies them.
+    if cfg!(Py_3_16) {
+        return Some("CPython 3.16 and newer: the frame layout has not been verified yet");
     }
     None
 }
@@ -75,7 +77,7 @@ pub unsafe fn frame_code(frame: *mut Frame) -> *mut PyObject {
     }
     #[cfg(Py_3_14)]
     {
-        // f_executable is a _PyStackRef: a pointer with tag bits in its low two bits.
+        // 3.14 and 3.15: f_executable is a _PyStackRef: a pointer with tag bits in its low two bits.
         (*(frame as *const usize) & !3usize) as *mut PyObject
     }
 }
@@ -116,8 +118,11 @@ const CO_EXTRA_OFFSET: Option<usize> = Some(176);
 const CO_EXTRA_OFFSET: Option<usize> = Some(184);
 #[cfg(all(Py_3_13, not(Py_3_14)))]
 const CO_EXTRA_OFFSET: Option<usize> = Some(192);
+// 3.14 and 3.15 (Debian's 3.14.10 and 3.15.2 headers). Without it the hook calls
+// PyUnstable_Code_GetExtra with an out-parameter on the stack, cannot tail-call the trampoline,
+// and costs 64 bytes of C stack per Python call: 7% less recursion depth than `-X perf` (3.14).
 #[cfg(Py_3_14)]
-const CO_EXTRA_OFFSET: Option<usize> = None;
+const CO_EXTRA_OFFSET: Option<usize> = Some(200);
 
 /// CPython's `_PyCodeObjectExtra`, the same in every version.
 #[repr(C)]
@@ -225,12 +230,59 @@ pub fn default_eval_frame() -> EvalFrameFn {
     _PyEval_EvalFrameDefault
 }
 
-/// Installs `f` as the current interpreter's eval-frame function.
+// 3.15 (gh-146031): a custom eval-frame function turns CPython's specializer off unless the hook
+// opts in (`_PyInterpreterState_SetEvalFrameAllowSpecialization`). perftramp does not opt in:
+// measured on Debian's 3.15.2 with perf 7.2 (--call-graph fp, map mode), the opt-in changes
+// neither the share of full Python stacks (100% with and without it, through plain calls,
+// methods, __init__, properties, __getitem__ and generators: CPython's own loop still
+// deoptimizes every specialized instruction that would push a frame without calling the hook)
+// nor the speed (best of 25 interleaved runs, call-heavy and loop-heavy micro benchmarks: within
+// 2%), and CPython would then be free to inline calls past the hook (tier-2 traces, later
+// releases), which is the one thing perftramp cannot allow. Setting an eval-frame function resets
+// the opt-in, so a hook perftramp chained over that had opted in gets it back on restore.
+#[cfg(Py_3_15)]
+extern "C" {
+    fn _PyInterpreterState_SetEvalFrameAllowSpecialization(
+        interp: *mut ffi::PyInterpreterState,
+        allow: c_int,
+    );
+    fn _PyInterpreterState_IsSpecializationEnabled(interp: *mut ffi::PyInterpreterState) -> c_int;
+}
+
+/// Whether the hook perftramp was installed over had opted in to specialization (3.15+).
+#[cfg(Py_3_15)]
+static PREVIOUS_ALLOWED_SPECIALIZATION: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Installs perftramp's hook `f` over the current eval-frame function.
 ///
 /// # Safety
 /// GIL held; `f` must stay callable for the life of the process.
-pub unsafe fn set_eval_frame(f: EvalFrameFn) {
-    _PyInterpreterState_SetEvalFrameFunc(ffi::PyInterpreterState_Get(), f)
+pub unsafe fn install_eval_frame(f: EvalFrameFn) {
+    let interp = ffi::PyInterpreterState_Get();
+    #[cfg(Py_3_15)]
+    {
+        // With no hook installed, "enabled" says nothing about an opt-in.
+        let previous = _PyInterpreterState_GetEvalFrameFunc(interp) as usize;
+        let allowed = previous != default_eval_frame() as usize
+            && _PyInterpreterState_IsSpecializationEnabled(interp) != 0;
+        PREVIOUS_ALLOWED_SPECIALIZATION.store(allowed, std::sync::atomic::Ordering::Relaxed);
+    }
+    _PyInterpreterState_SetEvalFrameFunc(interp, f);
+}
+
+/// Puts back `previous`, the eval-frame function perftramp's hook was installed over, with its
+/// specialization opt-in (3.15+).
+///
+/// # Safety
+/// GIL held; `previous` is what [`current_eval_frame`] returned before [`install_eval_frame`].
+pub unsafe fn restore_eval_frame(previous: EvalFrameFn) {
+    let interp = ffi::PyInterpreterState_Get();
+    _PyInterpreterState_SetEvalFrameFunc(interp, previous);
+    #[cfg(Py_3_15)]
+    if PREVIOUS_ALLOWED_SPECIALIZATION.load(std::sync::atomic::Ordering::Relaxed) {
+        _PyInterpreterState_SetEvalFrameAllowSpecialization(interp, 1);
+    }
 }
 
 /// CPython 3.12 and 3.13 charge `PY_EVAL_C_STACK_UNITS` (2) of `tstate->c_recursion_remaining`
@@ -307,6 +359,15 @@ pub unsafe fn c_recursion_remaining(tstate: *mut PyThreadState) -> *mut i32 {
         unreachable!("no C-recursion counter on this version")
     }
 }
+
+/// Whether CPython's evaluator checks the C stack itself on every entry. 3.14 replaced the
+/// C-recursion counter with stack-pointer limits (`c_stack_soft_limit`, checked by
+/// `_Py_EnterRecursiveCallTstate` at the top of `_PyEval_EvalFrameDefault`, raising
+/// RecursionError there and allowing more depth while one is being handled). Every call through
+/// the hook enters the evaluator, so that check already covers it; perftramp's own guard
+/// (256 KiB before the end) would only trip earlier than CPython does and disagree with it
+/// (CPython's test_exceptions saw RecursionError inside sys.unraisablehook), so it is off there.
+pub const EVALUATOR_GUARDS_C_STACK: bool = cfg!(Py_3_14);
 
 /// Units the evaluator charges per entry (`PY_EVAL_C_STACK_UNITS`).
 pub const C_RECURSION_UNITS: i32 = 2;
@@ -395,11 +456,10 @@ const CODE_NAME_OFFSETS: Option<CodeNameOffsets> =
 #[cfg(all(Py_3_11, not(Py_3_12)))]
 const CODE_NAME_OFFSETS: Option<CodeNameOffsets> =
     Some(CodeNameOffsets { qualname: 128, filename: 112, firstlineno: 72 });
-#[cfg(all(Py_3_12, not(Py_3_14)))]
+// The same in 3.12, 3.13, 3.14 and 3.15.
+#[cfg(Py_3_12)]
 const CODE_NAME_OFFSETS: Option<CodeNameOffsets> =
     Some(CodeNameOffsets { qualname: 128, filename: 112, firstlineno: 68 });
-#[cfg(Py_3_14)]
-const CODE_NAME_OFFSETS: Option<CodeNameOffsets> = None;
 
 static DIRECT_CODE_NAMES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 

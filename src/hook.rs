@@ -224,7 +224,7 @@ pub unsafe fn activate() {
     if current != ours && !INSTALLED.load(Relaxed) {
         PREVIOUS.store(current, Relaxed);
         // SAFETY: OURS holds one of the eval_frame variants.
-        cpython::set_eval_frame(std::mem::transmute::<usize, EvalFrameFn>(ours));
+        cpython::install_eval_frame(std::mem::transmute::<usize, EvalFrameFn>(ours));
     }
     INSTALLED.store(true, Relaxed);
     ACTIVE.store(true, Relaxed);
@@ -247,7 +247,7 @@ pub enum Deactivated {
 pub unsafe fn deactivate() -> Deactivated {
     ACTIVE.store(false, Relaxed);
     if cpython::current_eval_frame() as usize == OURS.load(Relaxed) {
-        cpython::set_eval_frame(previous());
+        cpython::restore_eval_frame(previous());
         INSTALLED.store(false, Relaxed);
         Deactivated::Restored
     } else {

@@ -5,6 +5,11 @@
 //! that plain CPython survives would then overflow the C stack and crash (cpython issue 105003;
 //! CPython's own `-X perf` crashes there). The hook checks the stack pointer against this
 //! thread's stack bounds and, close to the end, raises RecursionError instead.
+//!
+//! Where CPython's evaluator checks the C stack itself on entry
+//! ([`crate::cpython::EVALUATOR_GUARDS_C_STACK`], 3.14+), every call through the hook is already
+//! covered by CPython's own check, and the guard stands aside so that RecursionError comes
+//! exactly where plain CPython raises it.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
@@ -32,6 +37,9 @@ fn slot_of(thread: usize) -> usize {
 /// really near the end).
 #[inline(always)]
 pub fn clear_of_stack_end() -> bool {
+    if crate::cpython::EVALUATOR_GUARDS_C_STACK {
+        return true; // compiled out: no thread-pointer lookup on the hot path
+    }
     let thread = arch::thread_pointer();
     let slot = slot_of(thread);
     KEYS[slot].load(Relaxed) == thread && arch::stack_pointer() >= FLOORS[slot].load(Relaxed)
@@ -40,6 +48,9 @@ pub fn clear_of_stack_end() -> bool {
 /// True when the current stack pointer is within [`MARGIN`] of this thread's stack end.
 #[inline(always)]
 pub fn near_stack_end() -> bool {
+    if crate::cpython::EVALUATOR_GUARDS_C_STACK {
+        return false;
+    }
     let sp = arch::stack_pointer();
     let thread = arch::thread_pointer();
     let slot = slot_of(thread);
@@ -88,6 +99,9 @@ fn remember(thread: usize, slot: usize, sp: usize) -> usize {
 #[cold]
 #[inline(never)]
 fn compute_floor(sp: usize) -> usize {
+    if crate::cpython::EVALUATOR_GUARDS_C_STACK {
+        return 1;
+    }
     match thread_stack_bounds() {
         Some((low, size)) if sp > low && sp <= low + size => floor_for(low, size),
         // Unknown bounds: never trip (1 is below any stack address).
@@ -130,11 +144,15 @@ mod tests {
     #[test]
     fn this_thread_is_not_near_its_end() {
         assert!(!near_stack_end());
+        if crate::cpython::EVALUATOR_GUARDS_C_STACK {
+            assert_eq!(compute_floor(arch::stack_pointer()), 1);
+        }
         let bounds = thread_stack_bounds().expect("stack bounds");
         assert!(bounds.1 > MARGIN);
     }
 
     #[test]
+    #[cfg_attr(Py_3_14, ignore = "CPython's evaluator guards the C stack itself there")]
     fn deep_recursion_trips_the_guard_before_overflow() {
         // A thread with a 1 MiB stack recursing until the guard trips: it must trip, not crash.
         fn recurse(depth: usize) -> usize {

@@ -22,6 +22,19 @@ PERF_ENV = {"DEBUGINFOD_URLS": "", "PERF_CONFIG": "/dev/null"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # PERFTRAMP_PERF=/path/to/perf: the perf every test uses, the CLI's included (scripts/test.sh
+    # runs the perf tests once with each perf it has): it goes first on PATH as `perf`.
+    chosen = os.environ.get("PERFTRAMP_PERF")
+    if chosen:
+        if not os.access(chosen, os.X_OK):
+            raise pytest.UsageError(f"PERFTRAMP_PERF={chosen} is not an executable")
+        bindir = os.path.dirname(os.path.abspath(chosen))
+        if os.path.basename(chosen) != "perf":
+            import tempfile
+
+            bindir = tempfile.mkdtemp(prefix="perftramp-perf-")
+            os.symlink(os.path.abspath(chosen), os.path.join(bindir, "perf"))
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     # PERFTRAMP_TEST_MODE=jit runs the behaviour checks with jit-mode trampolines: the suite
     # calls enable()/enabled() with their default mode, which this switches (test-only).
     mode = os.environ.get("PERFTRAMP_TEST_MODE")
@@ -30,6 +43,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
         perftramp.enable.__defaults__ = (mode,)
         perftramp.enabled.__init__.__defaults__ = (mode,)  # type: ignore[misc]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_tmp_jitted_directories():
+    """`record` with perf 7 leaves its jitdumps in /tmp/jitted-perftramp-* (where perf needs them
+    for later reports): remove the ones this session made."""
+    import glob
+
+    before = set(glob.glob("/tmp/jitted-perftramp-*"))
+    yield
+    for path in set(glob.glob("/tmp/jitted-perftramp-*")) - before:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
@@ -43,6 +68,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
 
 
 def interpreter_has_frame_pointers() -> bool:
+    # 3.15+ records it (frame pointers are its default); older builds only in their flags.
+    recorded = sysconfig.get_config_var("_Py_WITH_FRAME_POINTERS")
+    if recorded is not None:
+        return bool(int(recorded))
     flags = " ".join(
         str(sysconfig.get_config_var(name) or "") for name in ("CFLAGS", "CONFIG_ARGS", "PY_CFLAGS")
     )
@@ -88,12 +117,37 @@ def run_python(tmp_path: Path):
 @pytest.fixture
 def perf() -> str:
     """Path of the perf binary. Missing perf fails under CI (it must have been installed)."""
-    path = shutil.which("perf")
+    path = os.environ.get("PERFTRAMP_PERF") or shutil.which("perf")
     if path is None or subprocess.run([path, "--version"], capture_output=True).returncode != 0:
         if os.environ.get("CI") or os.environ.get("PERFTRAMP_REQUIRE_PERF") == "1":
             pytest.fail("perf is required here but not runnable (apt-get install linux-perf)")
         pytest.skip("perf is not installed (apt-get install linux-perf)")
     return path
+
+
+@pytest.fixture
+def perf_info(perf: str):
+    """What the perf under test is and can do (version, dwarf unwinder)."""
+    from perftramp import _perf
+
+    return _perf.inspect(perf)
+
+
+@pytest.fixture
+def jit_dir(perf_info, tmp_path: Path):
+    """A jitdump directory this perf unwinds injected files in: the test's own tmp_path, except
+    with perf's libdw unwinder (perf 7), which needs them under /tmp/jitted-* (see
+    perftramp/_perf.py); then a new /tmp/jitted-perftramp-test-* directory, removed after."""
+    from perftramp import _perf
+
+    if _perf.jit_directory_works(tmp_path, perf_info):
+        yield tmp_path
+        return
+    directory = _perf.make_tmp_jitted_directory("test")
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def perf_script(perf: str, data: Path) -> List[Sample]:

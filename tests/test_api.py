@@ -212,10 +212,28 @@ def test_native_arch_matches_the_machine():
 
 
 def test_version_fast_paths_are_verified_and_on():
-    """The hot path's direct co_extra read (3.9-3.13) and the C-recursion refund (3.12/3.13)
-    are checked against CPython at enable; on the interpreters tested here both must be on."""
+    """The hot path's direct co_extra read (3.9-3.15) and the C-recursion refund (3.12/3.13)
+    are checked against CPython at enable; on the interpreters tested here both must be on.
+    Without the direct read the hook cannot tail-call and costs C stack on every call."""
     perftramp.enable()
     diag = _perftramp.diagnostics()
-    assert diag["direct_code_extra"] is (sys.version_info < (3, 14))
-    assert diag["direct_code_names"] is (sys.version_info < (3, 14))
+    assert diag["direct_code_extra"] is True
+    assert diag["direct_code_names"] is True
     assert diag["c_recursion_refund"] is ((3, 12) <= sys.version_info < (3, 14))
+
+
+@pytest.mark.skipif(sys.version_info < (3, 15), reason="the opt-in exists from CPython 3.15")
+def test_no_specialization_opt_in_under_the_hook():
+    """3.15's opt-in to specialize under a custom eval hook (gh-146031) is left off while
+    perftramp's hook is installed (README: How it works), and CPython's default is back after."""
+    import ctypes
+
+    api = ctypes.pythonapi
+    api.PyInterpreterState_Get.restype = ctypes.c_void_p
+    api._PyInterpreterState_IsSpecializationEnabled.argtypes = [ctypes.c_void_p]
+    interp = api.PyInterpreterState_Get()
+    perftramp.disable()
+    assert api._PyInterpreterState_IsSpecializationEnabled(interp) == 1
+    with perftramp.enabled():
+        assert api._PyInterpreterState_IsSpecializationEnabled(interp) == 0
+    assert api._PyInterpreterState_IsSpecializationEnabled(interp) == 1

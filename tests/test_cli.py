@@ -154,6 +154,13 @@ def test_record_draws_python_functions_with_their_callers(perf, recording):
         assert (out / "perf.jit.data").is_file()
         assert list((out / "jit").glob("jitted-*.so")), "perf inject wrote no jitted-*.so"
         assert "jitted files" in proc.stderr
+        from perftramp import _perf
+
+        if _perf.inspect(perf).jit_needs_tmp_jitted:
+            # perf 7 (libdw) unwinds injected files only under /tmp/jitted-*: jit/ links there.
+            target = str((out / "jit").resolve())
+            assert (out / "jit").is_symlink() and target.startswith("/tmp/jitted-perftramp-"), target
+            assert meta["jit_dirs"] == [target]
     # The flamegraph: every function, each drawn on top of its caller.
     frames = svg_frames((out / "flamegraph.svg").read_text())
     for name in (hot, middle, outer):
@@ -359,6 +366,10 @@ def test_doctor_reports_this_machine(perf):
     assert re.search(r"ok\s+platform\s+Linux x86_64", out), out
     assert re.search(r"ok\s+privileges\s+root", out), out
     assert re.search(r"ok\s+perf record\s+works", out), out
+    from perftramp import _perf
+
+    unwinder = _perf.inspect(perf).unwinder
+    assert re.search(rf"info\s+perf unwinder\s+dwarf unwinding with {unwinder}:", out), out
     if interpreter_has_frame_pointers():
         assert re.search(r"ok\s+frame pointers\s+yes", out), out
         assert "will use map mode" in out
@@ -367,6 +378,47 @@ def test_doctor_reports_this_machine(perf):
         assert "scripts/build-fp-python.sh" in out
         assert "will use jit mode" in out
     assert "recording will work" in out
+
+
+PERF_7_OPTIONS = """perf version 7.2.13
+                 dwarf: [ on  ]  # HAVE_LIBDW_SUPPORT
+          dwarf-unwind: [ on  ]  # HAVE_DWARF_UNWIND_SUPPORT
+    libdw-dwarf-unwind: [ on  ]  # HAVE_LIBDW_SUPPORT
+             libunwind: [ OFF ]  # HAVE_LIBUNWIND_SUPPORT ( tip: Deprecated, use LIBUNWIND=1 )
+"""
+PERF_6_OPTIONS = """perf version 6.1.187
+                 dwarf: [ on  ]  # HAVE_DWARF_SUPPORT
+             libunwind: [ on  ]  # HAVE_LIBUNWIND_SUPPORT
+    libdw-dwarf-unwind: [ on  ]  # HAVE_DWARF_SUPPORT
+"""
+
+
+@pytest.mark.once
+@pytest.mark.parametrize("text,version,unwinder", [
+    (PERF_7_OPTIONS, (7, 2, 13), "libdw"), (PERF_6_OPTIONS, (6, 1, 187), "libunwind"),
+    ("", (7, 0, 0), "libdw"), ("", (6, 12, 0), "libunwind"), ("", None, None)])
+def test_perf_unwinder_from_build_options(tmp_path, text, version, unwinder):
+    """`perf version --build-options` of Debian's perf 6.1 and sid's perf 7.2 (verbatim lines),
+    and the version fallback when perf cannot list them."""
+    from perftramp import _perf
+
+    fake = tmp_path / "perf"
+    fake.write_text("#!/bin/sh\ncat <<'EOF'\n" + text + "EOF\n")
+    fake.chmod(0o755)
+    options = _perf.build_options(str(fake)) if text else {}
+    assert _perf.dwarf_unwinder(options, version) == unwinder
+    info = _perf.PerfInfo("perf", version, "", unwinder)
+    assert info.map_dwarf_resolves is (unwinder == "libunwind")
+    assert info.jit_needs_tmp_jitted is (unwinder == "libdw")
+    if unwinder == "libdw":
+        assert _perf.jit_directory_works(Path("/tmp"), info)
+        assert not _perf.jit_directory_works(tmp_path, info) or str(tmp_path).startswith("/tmp/jitted-")
+        made = _perf.make_tmp_jitted_directory("a/b c")
+        try:
+            assert str(made).startswith("/tmp/jitted-perftramp-a_b_c-")
+            assert _perf.jit_directory_works(made, info) and stat.S_IMODE(made.stat().st_mode) == 0o700
+        finally:
+            made.rmdir()
 
 
 def test_doctor_perf_versions():
@@ -378,7 +430,9 @@ def test_doctor_perf_versions():
         assert not jit_capable(version), version
 
 
-def start_toggled(tmp_path: Path, *, own_toggle: bool) -> subprocess.Popen:
+def start_toggled(tmp_path: Path, *, own_toggle: bool, dumps: Optional[Path] = None) -> subprocess.Popen:
+    """The toggled server, its script in tmp_path, its jitdump in `dumps` (default tmp_path)."""
+    dumps = dumps or tmp_path
     script = tmp_path / "server.py"
     env = dict(os.environ, **PERF_ENV)
     if own_toggle:
@@ -386,8 +440,8 @@ def start_toggled(tmp_path: Path, *, own_toggle: bool) -> subprocess.Popen:
     else:  # the start hook installs the toggle: a plain program
         own = "import perftramp\nperftramp.install_signal_toggle(directory=sys.argv[1])\n"
         script.write_text(TOGGLED.replace(own, ""))
-        env.update(PERFTRAMP_SIGNAL="USR2", PERFTRAMP_DIR=str(tmp_path))
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stdout=subprocess.PIPE,
+        env.update(PERFTRAMP_SIGNAL="USR2", PERFTRAMP_DIR=str(dumps))
+    proc = subprocess.Popen([sys.executable, str(script), str(dumps)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
     pid = int(proc.stdout.readline())
@@ -397,8 +451,8 @@ def start_toggled(tmp_path: Path, *, own_toggle: bool) -> subprocess.Popen:
 
 @pytest.mark.perf
 @pytest.mark.parametrize("own_toggle", [True, False], ids=["install_signal_toggle", "PERFTRAMP_SIGNAL"])
-def test_record_a_live_process(perf, tmp_path, own_toggle):
-    server = start_toggled(tmp_path, own_toggle=own_toggle)
+def test_record_a_live_process(perf, tmp_path, jit_dir, own_toggle):
+    server = start_toggled(tmp_path, own_toggle=own_toggle, dumps=jit_dir)
     # pids are reused: a map an earlier process with this pid left must not be taken for this
     # process's (the jit-mode server writes none).
     stale = Path(f"/tmp/perf-{server.pid}.map")
@@ -413,7 +467,7 @@ def test_record_a_live_process(perf, tmp_path, own_toggle):
         hot = py_name("hot", str(tmp_path / "server.py"))
         assert table_rows(proc.stdout)[0][2] == hot, proc.stdout
         assert hot in svg_frames((out / "flamegraph.svg").read_text())
-        assert f"perftramp is on (jit: {tmp_path}/jit-{server.pid}.dump)" in proc.stderr
+        assert f"perftramp is on (jit: {jit_dir}/jit-{server.pid}.dump)" in proc.stderr
         assert (out / "perf.jit.data").is_file()
     finally:
         server.send_signal(signal.SIGTERM)
@@ -581,3 +635,17 @@ def test_lost_chunks_are_read_from_perfs_warning():
     from perftramp import _report
     assert _report.lost_chunks("Warning:\nProcessed 58563 events and lost 136 chunks!\n") == 136
     assert _report.lost_chunks("nothing lost here\n") == 0
+
+
+def test_map_mode_never_uses_dwarf_with_a_libdw_perf():
+    """perf 7's libdw unwinder names no perf-map frame with dwarf stacks: `--mode map` without
+    frame pointers records fp stacks there (the innermost Python frame), and says why."""
+    from perftramp import _record
+
+    plan = _record.choose_mode("map", "py", False, None, map_dwarf_resolves=False)
+    assert (plan.mode, plan.unwind) == ("map", "fp")
+    assert "libdw" in plan.reason and "--mode jit gives full stacks" in plan.reason
+    plan = _record.choose_mode("map", "py", True, None, map_dwarf_resolves=False)
+    assert (plan.mode, plan.unwind) == ("map", "fp")
+    plan = _record.choose_mode("auto", "py", False, None, map_dwarf_resolves=False)
+    assert (plan.mode, plan.unwind) == ("jit", "jit")

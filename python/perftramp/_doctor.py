@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from . import _perf
 from . import _record as rec
 from . import _report as rp
+from ._perf import jit_capable, perf_version  # noqa: F401 (doctor's public helpers)
 
 SUPPORTED_ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
@@ -30,9 +32,11 @@ FP_FIX = ("use jit mode, which needs no frame pointers (record --mode jit; the d
 PROBE = r"""
 import json, os, sys, sysconfig
 flags = ' '.join(str(sysconfig.get_config_var(n) or '') for n in ('CFLAGS', 'CONFIG_ARGS', 'PY_CFLAGS'))
+# 3.15+ says so itself (frame pointers are its default); older builds only through their flags.
+fp_var = sysconfig.get_config_var('_Py_WITH_FRAME_POINTERS')
 info = {'version': sys.version.split()[0], 'version_info': list(sys.version_info[:2]),
         'implementation': sys.implementation.name, 'executable': sys.executable,
-        'fp': '-fno-omit-frame-pointer' in flags,
+        'fp': bool(int(fp_var)) if fp_var is not None else '-fno-omit-frame-pointer' in flags,
         'free_threaded': bool(sysconfig.get_config_var('Py_GIL_DISABLED')),
         'perftramp': None, 'native': None, 'native_error': None, 'pth': None}
 try:
@@ -62,34 +66,6 @@ class Check:
     state: str  # "ok", "warn", "FAIL", "info"
     detail: str
     fix: Optional[str] = None
-
-
-def perf_version(perf: str) -> Tuple[Optional[Tuple[int, int, int]], str]:
-    try:
-        out = subprocess.run([perf, "--version"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return None, str(err)
-    text = (out.stdout or out.stderr).strip()
-    if out.returncode != 0:
-        return None, text.splitlines()[-1] if text else f"exit {out.returncode}"
-    match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
-    if not match:
-        return None, text
-    return (int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)), text
-
-
-def jit_capable(version: Tuple[int, int, int]) -> bool:
-    """perf 6.8's genelf/unwind fixes, or their stable backports (6.7.2+, 6.6.x, 6.1.75+)."""
-    major, minor, patch = version
-    if (major, minor) >= (6, 8):
-        return True
-    if (major, minor) == (6, 7):
-        return patch >= 2
-    if (major, minor) == (6, 6):
-        return True
-    if (major, minor) == (6, 1):
-        return patch >= 75
-    return False
 
 
 def capabilities() -> int:
@@ -145,15 +121,14 @@ def run_doctor(python: Optional[str]) -> int:
     else:
         py_version = tuple(info["version_info"])
         where = info["executable"]
-        if info["implementation"] != "cpython" or not ((3, 9) <= py_version <= (3, 14)):
+        if info["implementation"] != "cpython" or not ((3, 9) <= py_version <= (3, 15)):
             checks.append(Check("python", "FAIL", f"{info['implementation']} {info['version']} ({where}): "
-                                "perftramp hooks CPython 3.9 to 3.14"))
+                                "perftramp hooks CPython 3.9 to 3.15"))
         elif info["free_threaded"]:
             checks.append(Check("python", "FAIL", f"{info['version']} free-threaded ({where}): not supported",
                                 "use the default (GIL) build of CPython"))
         else:
-            note = " (supported, not tested)" if py_version == (3, 14) else ""
-            checks.append(Check("python", "ok", f"CPython {info['version']}{note} ({where})"))
+            checks.append(Check("python", "ok", f"CPython {info['version']} ({where})"))
         if info.get("perftramp") is None:
             checks.append(Check("perftramp", "FAIL", f"not importable by {where}",
                                 f"{where} -m pip install perftramp"))
@@ -180,25 +155,28 @@ def run_doctor(python: Optional[str]) -> int:
     # perf.
     perf = shutil.which("perf")
     version: Optional[Tuple[int, int, int]] = None
+    perf_info: Optional[_perf.PerfInfo] = None
     jit_ok = False
     record_fp = record_dwarf = False
     if perf is None:
         checks.append(Check("perf", "FAIL", "not found on PATH", rp.install_hint()))
     else:
-        version, text = perf_version(perf)
+        perf_info = _perf.inspect(perf)
+        version, text = perf_info.version, perf_info.text
         if version is None:
             checks.append(Check("perf", "FAIL", f"{perf} does not run: {text}",
                                 f"install the perf matching your kernel: {rp.install_hint()}"))
             perf = None
         else:
             checks.append(Check("perf", "ok", f"{perf}: {text}"))
-            jit_ok = jit_capable(version)
+            jit_ok = perf_info.jit_capable
             checks.append(Check(
                 "perf for jit", "ok" if jit_ok else "warn",
                 f"{'has' if jit_ok else 'may lack'} the genelf/unwind fixes jit mode needs "
                 f"(perf 6.8+, or 6.7.2+, 6.6.x, 6.1.75+)",
                 None if jit_ok else "a newer perf (Debian bookworm: apt-get install -t "
                 "bookworm-backports linux-perf), or an interpreter with frame pointers (map mode)"))
+            checks.append(Check("perf unwinder", "info", perf_info.describe()))
 
     # Privileges.
     paranoid = rec.read_paranoid()
@@ -240,7 +218,7 @@ def run_doctor(python: Optional[str]) -> int:
     full: List[str] = []
     if fp and record_fp:
         full.append("map mode (--call-graph fp)")
-    if jit_ok and record_dwarf:
+    if jit_ok and record_dwarf and perf_info is not None and perf_info.unwinder is not None:
         full.append("jit mode (dwarf + perf inject --jit)")
     works = all(c.state != "FAIL" for c in checks) and (record_fp or record_dwarf)
     auto = "map" if fp else "jit"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from . import _perf
 from . import _record as rec
 from . import _report as rp
 from ._report import CliError, say
@@ -290,10 +291,22 @@ def record_pid(perf: str, pid: int, *, duration: float, output: Path, force: boo
     mode = "jit" if after.dump is not None else "map" if after.map_size is not None else declared
     exe = exe_of(pid)
     fp = rec.has_frame_pointers(exe) if exe and rec.python_of(exe) else None
+    perf_info = _perf.inspect(perf)
     if mode == "jit" and not (after.map_size is not None and fp):
         unwind = "jit"
     else:
-        mode, unwind = "map", "fp" if fp or fp is None else "dwarf"
+        # perf 7's libdw names no perf-map frame with dwarf stacks: fp finds the innermost one.
+        dwarf = fp is False and perf_info.map_dwarf_resolves
+        mode, unwind = "map", "dwarf" if dwarf else "fp"
+    if unwind == "jit" and after.dump is not None and \
+            not _perf.jit_directory_works(after.dump.parent, perf_info):
+        say(f"warning: {perf_info.text} unwinds jitted code only under {_perf.JITTED_PREFIX}*, and "
+            f"{pid} writes {after.dump}: Python frames will not be unwound. Start it with "
+            f"PERFTRAMP_DIR=/tmp (or a directory named {_perf.JITTED_PREFIX}...)")
+    elif mode == "map" and fp is False and not perf_info.map_dwarf_resolves:
+        say(f"note: {perf_info.text} resolves no frame in perf-map code with dwarf stacks and "
+            f"{exe} has no frame pointers: fp stacks, innermost Python frame only "
+            f"(PERFTRAMP_MODE=jit gives full stacks)")
     hz = frequency or rec.DEFAULT_HZ[unwind]
     data = directory / rp.PERF_DATA
     perf_command = [perf, "record", "-F", str(hz), *rec.CALL_GRAPH[unwind],

@@ -17,16 +17,20 @@ from pathlib import Path
 from types import FrameType
 from typing import Callable, Dict, List, Optional, Sequence
 
+from . import _perf
 from . import _perfscript as ps
 from . import _report as rp
 from ._report import CliError, say
 
 #: Whether a Python build keeps frame pointers (what perf's fp unwinding needs): the same test as
 #: the test suite's, run by the interpreter in question.
+#: 3.15+ records it as `_Py_WITH_FRAME_POINTERS` (frame pointers are its default, and a build can
+#: turn them off); older builds only show it in their compiler flags.
 FP_CHECK = (
-    "import sysconfig; flags = ' '.join(str(sysconfig.get_config_var(n) or '') "
+    "import sysconfig; v = sysconfig.get_config_var('_Py_WITH_FRAME_POINTERS'); "
+    "flags = ' '.join(str(sysconfig.get_config_var(n) or '') "
     "for n in ('CFLAGS', 'CONFIG_ARGS', 'PY_CFLAGS')); "
-    "print(int('-fno-omit-frame-pointer' in flags))"
+    "print(int(bool(int(v))) if v is not None else int('-fno-omit-frame-pointer' in flags))"
 )
 _PYTHON_NAME = re.compile(r"^python(\d+(\.\d+)*)?[a-z]?$")
 
@@ -117,9 +121,11 @@ class Plan:
 
 
 def choose_mode(requested: str, python: Optional[str], fp: Optional[bool],
-                frequency: Optional[int]) -> Plan:
+                frequency: Optional[int], map_dwarf_resolves: bool = True) -> Plan:
     """--mode auto: frame pointers give full stacks in map mode at the lowest cost; otherwise
-    jit mode, whose unwind info lets perf's dwarf unwinder walk through every Python frame."""
+    jit mode, whose unwind info lets perf's dwarf unwinder walk through every Python frame.
+    `map_dwarf_resolves`: whether this perf's dwarf unwinder names perf-map code at all (perf
+    7's libdw does not: map mode without frame pointers would show no Python frame)."""
     if requested == "auto":
         if fp:
             mode, unwind, reason = "map", "fp", f"{python} has frame pointers: map mode, --call-graph fp"
@@ -131,7 +137,14 @@ def choose_mode(requested: str, python: Optional[str], fp: Optional[bool],
                 "the command is not a Python interpreter I can inspect: jit mode (full stacks with "
                 "or without frame pointers)")
     elif requested == "map":
-        if fp is False:
+        if fp is False and not map_dwarf_resolves:
+            # Measured on 3.14 with perf 7.2: dwarf names no Python frame, fp the innermost one
+            # in 79% of samples (the evaluator leaves rbp pointing at its trampoline's frame).
+            mode, unwind, reason = "map", "fp", (
+                f"map mode; {python} has no frame pointers, and this perf's dwarf unwinder "
+                f"(libdw) resolves no frame in perf-map code, so --call-graph fp: the innermost "
+                f"Python frame of most samples (--mode jit gives full stacks)")
+        elif fp is False:
             mode, unwind, reason = "map", "dwarf", (
                 f"map mode; {python} has no frame pointers, so --call-graph dwarf: only the "
                 f"innermost Python frame of each sample (--mode jit gives full stacks)")
@@ -157,15 +170,36 @@ def prepare_output_dir(path: Path, force: bool) -> Path:
                     candidate.unlink()
         jit = path / rp.JIT_DIR
         if jit.is_dir():
+            # A link to the /tmp/jitted-perftramp-* directory of an earlier recording (perf 7).
+            target = jit.resolve() if jit.is_symlink() else jit
             for pattern in ("jit-*.dump", "jitted-*.so"):
-                for file in jit.glob(pattern):
+                for file in target.glob(pattern):
                     file.unlink()
+            if jit.is_symlink():
+                jit.unlink()
             try:
-                jit.rmdir()
+                target.rmdir()
             except OSError:
                 pass
+        elif jit.is_symlink():  # dangling: its /tmp directory is gone
+            jit.unlink()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def make_jit_dir(directory: Path, perf_info: "_perf.PerfInfo") -> Path:
+    """The jitdump directory of a recording: DIR/jit, or where this perf needs it. perf's libdw
+    unwinder (perf 7) unwinds injected files only under /tmp/jitted-*, so there the dumps go to
+    a new /tmp/jitted-perftramp-* directory and DIR/jit is a symbolic link to it."""
+    jit = directory / rp.JIT_DIR
+    if _perf.jit_directory_works(jit, perf_info):
+        jit.mkdir(exist_ok=True)
+        return jit
+    real = _perf.make_tmp_jitted_directory(directory.resolve().name)
+    jit.symlink_to(real, target_is_directory=True)
+    say(f"{perf_info.path} ({perf_info.text}) unwinds jitted code only under "
+        f"{_perf.JITTED_PREFIX}*: jitdumps and jitted files go to {real} ({jit} links there)")
+    return real
 
 
 def explain_perf_failure(stderr: str, status: int) -> CliError:
@@ -276,13 +310,14 @@ def record_command(perf: str, command: List[str], *, output: Path, mode: str, fr
         raise CliError(f"command not found: {command[0]}", 127)
     python = python_of(executable)
     fp = has_frame_pointers(python) if python else None
-    plan = choose_mode(mode, python, fp, frequency)
+    perf_info = _perf.inspect(perf)
+    plan = choose_mode(mode, python, fp, frequency, perf_info.map_dwarf_resolves)
     directory = prepare_output_dir(output, force)
     env = dict(os.environ)
     env["PERFTRAMP"] = plan.mode
     jit_dir = directory / rp.JIT_DIR
     if plan.mode == "jit":
-        jit_dir.mkdir(exist_ok=True)
+        jit_dir = make_jit_dir(directory, perf_info)
         env["PERFTRAMP_DIR"] = str(jit_dir.resolve())
     else:
         env.pop("PERFTRAMP_DIR", None)
