@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +19,10 @@ from typing import Dict, List
 import pytest
 
 from conftest import PERF_ENV, interpreter_has_frame_pointers
+from perftramp import _perf
 from perftramp._perfscript import iter_stack_samples
+
+pytestmark = pytest.mark.perf
 
 WORKLOAD = Path(__file__).parent / "workloads" / "fork_workers.py"
 SECONDS = "1.0"
@@ -29,6 +33,8 @@ FP = interpreter_has_frame_pointers()
 class Worker:
     function: str
     samples: int = 0
+    #: Samples with at least one Python frame (named by perf).
+    python: int = 0
     own: int = 0
     foreign: int = 0
     foreign_names: collections.Counter = None  # type: ignore[assignment]
@@ -38,24 +44,22 @@ class Worker:
         return self.own / self.samples if self.samples else 0.0
 
 
-def perf_major(perf: str) -> int:
-    out = subprocess.run([perf, "version"], capture_output=True, text=True).stdout
-    try:
-        return int(out.split()[-1].split(".")[0])
-    except (IndexError, ValueError):
-        return 0
-
-
 def call_graph(perf: str, mode: str) -> List[str]:
     """How each mode is recorded (as `record` does): map mode with frame pointers where the
-    interpreter has them, else DWARF stacks (innermost Python frame); jit modes DWARF + -k 1."""
+    interpreter has them or where perf's dwarf unwinder (libdw, perf 7) resolves no perf-map
+    code, else DWARF stacks (the innermost Python frame); jit modes DWARF + -k 1."""
     if mode == "map":
-        if FP:
+        if FP or not _perf.inspect(perf).map_dwarf_resolves:
             return ["--call-graph", "fp"]
-        if perf_major(perf) >= 7:
-            pytest.skip("perf 7 does not unwind perf-map code with --call-graph dwarf (README: perf 7)")
         return ["--call-graph", "dwarf,16384"]
     return ["-k", "1", "--call-graph", "dwarf,16384"]
+
+
+def jitdump_directory(perf: str, tmp_path: Path) -> Path:
+    """tmp_path, or where perf 7's libdw unwinder needs injected files (/tmp/jitted-*)."""
+    if _perf.jit_directory_works(tmp_path, _perf.inspect(perf)):
+        return tmp_path
+    return _perf.make_tmp_jitted_directory("fork")
 
 
 def perf_env(mode: str, directory: Path, persist: bool) -> Dict[str, str]:
@@ -90,6 +94,7 @@ def attribute(perf: str, data: Path, workers: Dict[int, str]) -> Dict[int, Worke
             continue
         python = [f for f in sample.frames if f.startswith("py::")]
         worker.samples += 1
+        worker.python += bool(python)
         if any(f.startswith(f"py::{worker.function}:") for f in python):
             worker.own += 1
         foreign = [f for f in python if f.startswith(("py::parent_", "py::worker_spin"))
@@ -101,6 +106,15 @@ def attribute(perf: str, data: Path, workers: Dict[int, str]) -> Dict[int, Worke
 
 
 def run_scenario(perf: str, tmp_path: Path, mode: str, persist: bool, scenario: str) -> Dict[int, Worker]:
+    directory = jitdump_directory(perf, tmp_path)
+    try:
+        return record_scenario(perf, directory, mode, persist, scenario)
+    finally:
+        if directory != tmp_path:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def record_scenario(perf: str, tmp_path: Path, mode: str, persist: bool, scenario: str) -> Dict[int, Worker]:
     data = tmp_path / "perf.data"
     proc = subprocess.run(
         [perf, "record", "-q", "-F", "499", *call_graph(perf, mode), "-o", str(data), "--",
@@ -113,28 +127,44 @@ def run_scenario(perf: str, tmp_path: Path, mode: str, persist: bool, scenario: 
     return attribute(perf, readable_data(perf, mode, data), workers)
 
 
-def assert_named_truthfully(workers: Dict[int, Worker], what: str) -> None:
+def unwinds_to_python(perf: str, mode: str) -> bool:
+    """Whether every sample's stack reaches its Python frame. Not in map mode on an interpreter
+    without frame pointers with perf's libdw unwinder (perf 7): there perf records fp stacks
+    (record does the same), which find the Python frame only when the evaluator happens to leave
+    a usable frame-pointer chain: 0% to 80% of samples, run to run (measured on 3.14, perf 7.2)."""
+    return mode != "map" or FP or _perf.inspect(perf).map_dwarf_resolves
+
+
+UNRELIABLE = ("perf 7 (libdw) cannot DWARF-unwind perf-map code and this interpreter has no frame "
+              "pointers: Python frames appear in 0-80% of samples, so only 'no sample names "
+              "another process's code' was checked; jit and elf modes are checked in full")
+
+
+def assert_named_truthfully(perf: str, mode: str, workers: Dict[int, Worker], what: str) -> None:
     for pid, worker in workers.items():
         detail = (f"{what}: worker {pid} ({worker.function}): {worker.own}/{worker.samples} samples "
-                  f"name it, {worker.foreign} name another process's code "
-                  f"{dict(worker.foreign_names.most_common(3))}")
-        assert worker.samples >= 25, detail
+                  f"name it ({worker.python} have a Python frame), {worker.foreign} name another "
+                  f"process's code {dict(worker.foreign_names.most_common(3))}")
+        assert worker.samples >= 20, detail
         assert worker.foreign == 0, detail
-        assert worker.own_share >= 0.90, detail
+        if unwinds_to_python(perf, mode):
+            assert worker.own_share >= 0.90, detail
+    if not unwinds_to_python(perf, mode):
+        pytest.skip(UNRELIABLE)
 
 
 @pytest.mark.parametrize("scenario", ["os_fork", "inherited", "pool", "c_fork"])
 @pytest.mark.parametrize("mode", ["map", "jit", "both"])
 def test_each_worker_is_named_by_its_own_functions(perf, tmp_path, mode, scenario):
     workers = run_scenario(perf, tmp_path, mode, False, scenario)
-    assert_named_truthfully(workers, f"{mode} mode, {scenario}")
+    assert_named_truthfully(perf, mode, workers, f"{mode} mode, {scenario}")
 
 
 @pytest.mark.parametrize("scenario", ["os_fork", "pool"])
 @pytest.mark.parametrize("mode", ["map", "jit"])
 def test_persist_after_fork_keeps_workers_named_truthfully(perf, tmp_path, mode, scenario):
     workers = run_scenario(perf, tmp_path, mode, True, scenario)
-    assert_named_truthfully(workers, f"{mode} mode, persist_after_fork, {scenario}")
+    assert_named_truthfully(perf, mode, workers, f"{mode} mode, persist_after_fork, {scenario}")
 
 
 @pytest.mark.skipif(not FP, reason="fork-server workers (forked by an exec'd server) lose DWARF "
@@ -142,7 +172,7 @@ def test_persist_after_fork_keeps_workers_named_truthfully(perf, tmp_path, mode,
                     "too (README: known limits); frame pointers are checked")
 def test_fork_server_workers_are_named_by_their_own_functions(perf, tmp_path):
     workers = run_scenario(perf, tmp_path, "map", False, "forkserver")
-    assert_named_truthfully(workers, "map mode, forkserver")
+    assert_named_truthfully(perf, "map", workers, "map mode, forkserver")
 
 
 ATTACH_LATER = """\
@@ -168,6 +198,16 @@ def test_persist_after_fork_names_inherited_code_for_perf_attached_to_the_child(
     """What persist_after_fork buys: a perf session that starts after the fork (perf record -p
     CHILD) sees the inherited arenas as the child's own and names them from the child's files,
     which describe inherited trampolines only with persist_after_fork."""
+    directory = jitdump_directory(perf, tmp_path)
+    try:
+        attach_later(perf, directory, mode, persist)
+    finally:
+        if directory != tmp_path:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def attach_later(perf: str, tmp_path: Path, mode: str, persist: bool) -> None:
+    """Records the child only, from after the fork, and checks what perf names."""
     script = tmp_path / "attach_later.py"
     script.write_text(ATTACH_LATER.format(workloads=str(WORKLOAD.parent)))
     env = perf_env(mode, tmp_path, persist)
@@ -188,12 +228,17 @@ def test_persist_after_fork_names_inherited_code_for_perf_attached_to_the_child(
     finally:
         program.wait(timeout=60)
     worker = attribute(perf, readable_data(perf, mode, data), {child: "worker_spin_a"})[child]
-    detail = f"{mode}, persist={persist}: {worker.own}/{worker.samples} samples name worker_spin_a"
+    detail = (f"{mode}, persist={persist}: {worker.own}/{worker.samples} samples name worker_spin_a "
+              f"({worker.python} have a Python frame)")
     assert worker.samples >= 50, detail
     assert worker.foreign == 0, detail
+    if not unwinds_to_python(perf, mode):
+        pytest.skip(UNRELIABLE)
     if persist:
         assert worker.own_share >= 0.90, detail
-    else:
+    elif mode == "map" or _perf.inspect(perf).unwinder == "libunwind":
         # Without it the child's files name only what the child made: perf, which never saw the
         # fork, cannot name the inherited trampoline (documented; that is what persist is for).
+        # perf 7's inject also reads the parent's jitdump, which the child still has mapped, and
+        # names it anyway: only map mode, and jit mode with perf 6, depend on persist.
         assert worker.own_share <= 0.10, detail

@@ -20,7 +20,12 @@ from perftramp import _report as rp
 from perftramp._perfscript import iter_stack_samples
 
 PARENT_ONLY = ("Pool._handle_results", "Pool._handle_tasks", "Pool._handle_workers")
-WORKER_WORK = "FileChecker.run_checks"
+#: Where the workers' work runs: flake8's checkers and what they call (a DWARF stack copy may be
+#: too short for the outer frames of deep stacks, so the innermost ones are what is looked for).
+CHECKER_FILES = ("/pycodestyle.py", "/pyflakes/", "/flake8/processor.py", "/flake8/checker.py",
+                 "/flake8/plugins/", "/tokenize.py", "/ast.py")
+
+pytestmark = pytest.mark.perf
 
 
 def flake8() -> str:
@@ -55,15 +60,15 @@ def test_flake8_workers_are_named_by_their_own_work(perf, tmp_path, mode):
         counts = per_pid[sample.pid]
         counts[0] += 1
         python = [f for f in sample.frames if f.startswith("py::")]
-        counts[1] += any(f.startswith(f"py::{WORKER_WORK}:") for f in python)
+        counts[1] += any(any(part in f for part in CHECKER_FILES) for f in python)
         counts[2] += any(f.split(":")[2] in PARENT_ONLY for f in python if f.count(":") >= 3)
-    workers = {pid: c for pid, c in per_pid.items() if c[1] > 0}
+    workers = {pid: c for pid, c in per_pid.items() if c[1] >= 0.5 * c[0] and c[0] >= 50}
     assert len(workers) == 2, f"expected 2 flake8 workers doing the checks: {dict(per_pid)}"
     total = sum(c[0] for c in per_pid.values())
     work = sum(c[1] for c in workers.values())
     assert work >= 0.4 * total, f"only {work}/{total} samples are in the workers' checks\n{proc.stdout}"
     for pid, (samples, doing, mislabelled) in workers.items():
-        assert doing >= 0.8 * samples, f"worker {pid}: {doing}/{samples} samples in {WORKER_WORK}"
+        assert doing >= 0.8 * samples, f"worker {pid}: {doing}/{samples} samples in flake8's checkers"
         assert mislabelled == 0, f"worker {pid}: {mislabelled} samples name the parent's pool threads"
     # The table (top rows by self time) leads with what the workers run: flake8's checkers.
     table = (out / "top.txt").read_text()

@@ -97,6 +97,7 @@ def test_a_live_reader_sees_every_record_of_a_growing_dump(tmp_path):
     assert followed == complete, f"the live reader saw {followed} of {complete} functions"
 
 
+@pytest.mark.perf
 def test_a_killed_process_leaves_a_dump_that_readers_and_perf_inject_accept(tmp_path, perf):
     reader = follower()
     program, pid = start_program(tmp_path, 1500, 30, perf=perf)
