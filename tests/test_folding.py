@@ -75,9 +75,18 @@ def test_a_python_call_is_one_row_and_native_work_stays():
                       ("_PyEval_EvalFrameDefault", LIB)] + RECORDED_312[7:])
     assert [f.label for f in tip.frames][-3:] == ["middle (w.py)", "builtin_sorted", "list_sort_impl"]
     assert tip.frames[-1].kind == "interpreter"
-    # The eval loop's own samples are the function's self time.
+    # The eval loop's own samples, and what it does for the bytecode, are the function's self
+    # time; the collector, called from there, is a box of its own, and so is libc.
     (self_time,) = view_of(RECORDED_312[9:])
     assert self_time.frames[-1].label == "Outer.run (w.py)"
+    (arithmetic,) = view_of([("_PyObject_Free", LIB), ("long_dealloc", LIB), ("x_add", LIB)]
+                            + RECORDED_312[9:])
+    assert arithmetic.frames[-1].label == "Outer.run (w.py)"
+    (collector,) = view_of([("__memset_avx2", LIBC), ("gc_collect_main", LIB),
+                            ("_PyObject_GC_Link", LIB), ("_PyObject_Malloc", LIB)] + RECORDED_312[9:])
+    assert [f.label for f in collector.frames][-3:] == ["Outer.run (w.py)", "gc_collect_main",
+                                                        "__memset_avx2"]
+    assert [f.kind for f in collector.frames][-2:] == ["interpreter", "native"]
 
 
 @pytest.mark.once

@@ -16,11 +16,13 @@ README "The Python view"):
 * Between two Python frames, every interpreter frame is dropped: it is how CPython called the
   next function (including a builtin that calls back into Python, e.g. `sorted(key=...)`).
   Native frames there stay (a C extension calling back into Python).
-* Above the innermost Python frame (and in stacks without one: start-up, code that ran before
-  perftramp was on), only CPython's call machinery is dropped (PLUMBING: the eval loop and
-  vectorcall paths, so the eval loop's own samples become the function's self time); other
-  interpreter frames stay as the work CPython does for that function
-  (`list_sort`, `PyUnicode_New`, `_PyObject_Malloc`, the garbage collector...).
+* Above the innermost Python frame, interpreter frames are the function running its bytecode
+  (the eval loop, allocation, integer arithmetic: its self time) until the first named piece
+  of CPython's own work (INTERPRETER_WORK: a builtin such as `sorted`, the garbage collector,
+  an import, compiling), which stays with what it calls, except the call machinery
+  (PLUMBING). Native frames there always stay (a C extension, libc, the kernel).
+* In stacks without a Python frame (start-up, code that ran before perftramp was on), only
+  the call machinery is dropped.
 * A stack that does not start at a process or thread entry point stopped unwinding early: it
   is put under `[stack cut short]` instead of being drawn as if its outermost frame were a root.
 * Every stack starts with its process, `comm [pid N]`: forked workers never merge with the parent.
@@ -62,6 +64,13 @@ PLUMBING = re.compile(
     r"|partial_vectorcall|partial_call|thread_run|pythread_wrapper|t_bootstrap"
     r"|_PyEval_EvalFrameDefault\.cold|[\w.]+\.(?:constprop|isra|part|cold)\.\d+_PyEval\w*"
     r")$")
+
+#: CPython's own work worth a box above a Python function: builtins (`sorted`, `exec`...), the
+#: garbage collector, imports, compiling. Other interpreter frames there (allocation, integer
+#: arithmetic, dict lookups) are the function running its bytecode: its self time.
+INTERPRETER_WORK = re.compile(
+    r"^(?:builtin_\w+|gc_collect\w*|_?PyGC_Collect\w*|_Py_RunGC|PyImport_\w+|_PyImport_\w+"
+    r"|PyMarshal_\w+|marshal_loads|Py_CompileString\w*|_PyAST_Compile|_PyPegen_run_parser\w*)$")
 
 #: The marker under which a stack that stopped unwinding early is drawn.
 CUT_SHORT = "[stack cut short]"
@@ -148,13 +157,17 @@ def fold_frames(frames: Tuple[Tuple[str, str], ...]) -> List[Tuple[str, str, str
     kinds = [frame_kind(symbol, dso) for symbol, dso in frames]
     python = [i for i, kind in enumerate(kinds) if kind == PYTHON]
     last = python[-1] if python else -1
+    # Above the innermost Python frame, CPython's work from its first named entry on (a builtin,
+    # the collector, an import) stays; before that it is the function's own bytecode.
+    work = next((i for i in range(last + 1, len(frames))
+                 if kinds[i] == INTERPRETER and INTERPRETER_WORK.match(frames[i][0])), len(frames))
     kept: List[Tuple[str, str, str]] = []
     for index, ((symbol, dso), kind) in enumerate(zip(frames, kinds)):
         if symbol in ENTRY_POINTS:
             continue
         if kind == INTERPRETER:
-            if python and index < last:
-                continue  # below or between Python frames: how CPython got there
+            if python and index < work:
+                continue  # how CPython got there, or the function's own bytecode
             if is_plumbing(symbol) or is_perftramp(dso):
                 continue  # elsewhere only the call machinery goes
         kept.append((symbol, dso, kind))
