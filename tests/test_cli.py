@@ -333,6 +333,19 @@ def test_record_returns_the_commands_failure(perf, tmp_path):
     remove_perf_maps(tmp_path / "out")
 
 
+@pytest.mark.perf
+def test_a_command_that_fails_before_its_own_code_is_not_blamed_on_perftramp(perf, tmp_path):
+    out = tmp_path / "out"
+    proc = cli("record", "-o", str(out), "--", sys.executable, str(tmp_path / "nosuchfile.py"))
+    no_traceback(proc)
+    assert proc.returncode == 2, proc.stderr  # python's own status for a missing script
+    assert "can't open file" in proc.stderr  # the program's message, passed through
+    assert "the command failed (exit status 2" in proc.stderr
+    assert "Is perftramp installed" not in proc.stderr and "no jitdump" not in proc.stderr
+    assert not (out / "flamegraph.svg").exists()  # nothing misleading drawn
+    assert (out / "perf.data").is_file()
+
+
 def test_perf_missing(tmp_path):
     bindir = tmp_path / "bin"  # a PATH without perf
     bindir.mkdir()
@@ -455,6 +468,12 @@ def test_record_a_live_process(perf, tmp_path, own_toggle):
         assert label("hot", server_py, line) in svg_frames((out / "flamegraph.svg").read_text())
         assert f"perftramp is on (jit: {tmp_path}/jit-{server.pid}.dump)" in proc.stderr
         assert (out / "perf.jit.data").is_file()
+        # It says the state perftramp ended in, and leaves no jitted file next to the dump
+        # (the process's own jitdump stays: it reuses it when turned on again).
+        assert f"perftramp is OFF in {server.pid}" in proc.stderr, proc.stderr[-2000:]
+        assert not list(tmp_path.glob(f"jitted-{server.pid}-*.so"))
+        assert list((out / "jit").glob(f"jitted-{server.pid}-*.so"))
+        assert (tmp_path / f"jit-{server.pid}.dump").is_file()
     finally:
         server.send_signal(signal.SIGTERM)
         _, err = server.communicate(timeout=30)
