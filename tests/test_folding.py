@@ -116,6 +116,11 @@ def test_processes_apart_and_cut_short_stacks_marked():
                           "encoder_listencode_obj.isra.0"]
     assert kinds[fold.CUT_SHORT] == "marker" and kinds["swapper [pid 0]"] == "process"
     assert kinds["do_idle"] == "kernel"
+    # Unwinding that ends among the frames running the main module lost nothing shown.
+    assert fold.is_complete(tuple(reversed(RECORDED_312[:-5])))  # from Py_RunMain up
+    assert not fold.is_complete(tuple(reversed(RECORDED_312[:-11])))  # from PyEval_EvalCode up
+    nested_import = (("builtin_exec", LIB), ("py::<module>:/lib/x.py", JIT.format(9)))
+    assert not fold.is_complete(nested_import)
     assert details["middle (w.py)"] == "/w.py" and details["encoder_call"] == JSON_EXT
     assert sum(counts.values()) == 7
 

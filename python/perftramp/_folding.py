@@ -23,8 +23,9 @@ README "The Python view"):
   (PLUMBING). Native frames there always stay (a C extension, libc, the kernel).
 * In stacks without a Python frame (start-up, code that ran before perftramp was on), only
   the call machinery is dropped.
-* A stack that does not start at a process or thread entry point stopped unwinding early: it
-  is put under `[stack cut short]` instead of being drawn as if its outermost frame were a root.
+* A stack that does not start at a process or thread entry point (or at least at the
+  interpreter running the main module or a thread) stopped unwinding early: it is put under
+  `[stack cut short]` instead of being drawn as if its outermost frame were a root.
 * Every stack starts with its process, `comm [pid N]`: forked workers never merge with the parent.
 """
 
@@ -142,14 +143,27 @@ def is_plumbing(symbol: str) -> bool:
     return bool(PLUMBING.match(symbol))
 
 
+#: How CPython runs the main module or a thread's function: a stack whose outermost frames are
+#: only these (and other interpreter frames) lost nothing the Python view shows (perf's DWARF
+#: copy of 64 KiB often ends just short of `_start` on deep stacks).
+_RUNS_MAIN = re.compile(r"^(?:run_mod|run_eval_code_obj|pymain_run_\w+|Py_RunMain|Py_BytesMain"
+                        r"|_?PyRun_\w+|thread_run|t_bootstrap|pythread_wrapper)(?:\.\w+\.\d+)?$")
+
+
 def is_complete(frames: Tuple[Tuple[str, str], ...]) -> bool:
-    """Whether a stack (outermost first) reaches an entry point: else unwinding stopped early.
-    A kernel-only stack (a kernel thread, or an idle task) is complete."""
+    """Whether a stack (outermost first) reaches an entry point, or the way CPython runs the main
+    module or a thread: else unwinding stopped early. A kernel-only stack (a kernel thread, or
+    an idle task) is complete."""
     if not frames:
         return True
     if frames[0][0] in ENTRY_POINTS:
         return True
-    return all(frame_kind(symbol, dso) == KERNEL for symbol, dso in frames)
+    kinds = [frame_kind(symbol, dso) for symbol, dso in frames]
+    if PYTHON in kinds:
+        below = frames[:kinds.index(PYTHON)]
+        return (all(kind == INTERPRETER for kind in kinds[:len(below)])
+                and any(_RUNS_MAIN.match(symbol) for symbol, _ in below))
+    return all(kind == KERNEL for kind in kinds)
 
 
 def fold_frames(frames: Tuple[Tuple[str, str], ...]) -> List[Tuple[str, str, str]]:
