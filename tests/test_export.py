@@ -250,7 +250,7 @@ def test_speedscope_and_gecko_of_a_recording(perf, recorded):
         proc = report(recorded, "--format", fmt)
         assert proc.returncode == 0, proc.stderr
         doc = json.loads((recorded / name).read_text())
-        labels = [f"hot (workload.py:3)", f"{_qual('Outer.run')} (workload.py:13)"]
+        labels = ["hot (workload.py:3)", f"{_qual('Outer.run')} (workload.py:13)"]
         if fmt == "speedscope":
             _validate_speedscope(doc)
             assert set(labels) <= {f["name"] for f in doc["shared"]["frames"]}

@@ -270,7 +270,7 @@ def test_the_python_view_of_a_real_recording(perf, tmp_path):
     assert {s.pid for s in view} == set(json.loads((out / "perftramp.json").read_text())["pids"])
     # The SVG shows the labels, one root per process, with the full path in the tooltip.
     svg = (out / "flamegraph.svg").read_text()
-    assert f"<title>hot (workload.py:3) (" in svg and f"\n{workload}:3</title>" in svg
+    assert "<title>hot (workload.py:3) (" in svg and f"\n{workload}:3</title>" in svg
     assert f"[pid {proc_pid(out)}] (" in svg
     assert "_PyEval_EvalFrameDefault" not in svg
     # ... and --native all keeps every frame perf recorded.

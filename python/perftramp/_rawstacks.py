@@ -57,10 +57,15 @@ def parse_raw(text: str) -> RawStacks:
             pid = int(fields[1])
         except ValueError:
             continue
-        frames = tuple(tuple(f.split(_US, 1)) if _US in f else (f, "") for f in fields[3:])
-        key = (fields[2], pid, frames)  # type: ignore[assignment]
-        stacks[key] = stacks.get(key, 0) + int(fields[0])  # type: ignore[index]
+        frames = tuple(_frame(f) for f in fields[3:])
+        key: RawKey = (fields[2], pid, frames)
+        stacks[key] = stacks.get(key, 0) + int(fields[0])
     return stacks
+
+
+def _frame(field: str) -> Tuple[str, str]:
+    symbol, _, dso = field.partition(_US)
+    return symbol, dso
 
 
 def write_raw(path: Path, stacks: RawStacks) -> None:

@@ -17,7 +17,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Callable, Dict, List, Optional, Sequence
 
-from . import _perfscript as ps
 from . import _report as rp
 from ._report import CliError, say
 
