@@ -50,7 +50,7 @@ def pprof_bytes(stacks: Sequence[ViewStack], *, frequency_hz: int, duration_s: f
             name = frame.label if frame.kind in ("marker", "process") else frame.function
             function_rows.append((function_id, strings(name), strings(frame.symbol or name),
                                   strings(frame.file), frame.line))
-            locations[function_id] = (function_id, 0, function_id, frame.line)
+            locations[function_id] = (function_id, 1, function_id, frame.line)
         return function_id
 
     samples_type, count_unit = strings("samples"), strings("count")
@@ -62,8 +62,11 @@ def pprof_bytes(stacks: Sequence[ViewStack], *, frequency_hz: int, duration_s: f
         labels = [(pid_key, 0, stack.pid), (process_key, strings(stack.comm), 0)]
         samples.append((ids, [stack.count, stack.count * period_ns], labels))
     comments = [strings(comment)] if comment else []
+    # One mapping, marked as holding symbolized functions, files and lines: pprof tools then
+    # neither try to symbolize the locations nor warn that the main binary is unknown.
+    main = max(stacks, key=lambda s: s.count).comm if stacks else "python"
     encoded = encode_pprof(
         strings.table, [(samples_type, count_unit), (cpu_type, ns_unit)], (cpu_type, ns_unit),
-        period_ns, int(duration_s * 1e9), time.time_ns(), [], function_rows,
+        period_ns, int(duration_s * 1e9), time.time_ns(), [(1, strings(main))], function_rows,
         list(locations.values()), samples, comments)
     return gzip.compress(bytes(encoded), mtime=0)
