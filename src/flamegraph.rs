@@ -63,7 +63,9 @@ fn kind_color(kind: &str, name: &str) -> Option<Color> {
         // CPython's own work at the tip of a Python call (allocation, dict lookups...): muted.
         "interpreter" => Some(Color { r: 200 + v1 / 12, g: 190 + v2 / 12, b: 170 + v1 / 12 }),
         // Process roots and markers (stack cut short): grey, so they read as structure.
-        "process" | "marker" => Some(Color { r: 190 + v1 / 20, g: 190 + v1 / 20, b: 195 + v1 / 20 }),
+        "process" | "marker" => {
+            Some(Color { r: 190 + v1 / 20, g: 190 + v1 / 20, b: 195 + v1 / 20 })
+        }
         _ => None,
     }
 }

@@ -30,7 +30,11 @@ type ProcessArgs = (String, u32, Vec<(Vec<String>, Vec<String>, u32)>);
 /// Builds the profile; `interval_ms` is the sampling period. Collapsed stacks carry no time, so
 /// the samples of a stack are one weighted sample, one interval after the previous stack's:
 /// the call tree and flame graph are exact, the timeline is not a timeline.
-pub fn build(product: &str, interval_ms: f64, processes: Vec<ProcessArgs>) -> Result<Profile, String> {
+pub fn build(
+    product: &str,
+    interval_ms: f64,
+    processes: Vec<ProcessArgs>,
+) -> Result<Profile, String> {
     if !(interval_ms > 0.0) {
         return Err(format!("interval must be positive, not {interval_ms}"));
     }
@@ -44,15 +48,21 @@ pub fn build(product: &str, interval_ms: f64, processes: Vec<ProcessArgs>) -> Re
         .iter()
         .map(|(kind, name, color)| (*kind, profile.add_category(name, *color).into()))
         .collect();
-    let other: CategoryPairHandle = profile.add_category("Other native", CategoryColor::Gray).into();
+    let other: CategoryPairHandle =
+        profile.add_category("Other native", CategoryColor::Gray).into();
     for (name, pid, stacks) in processes {
         let process = profile.add_process(&name, pid, Timestamp::from_millis_since_reference(0.0));
-        let thread = profile.add_thread(process, pid, Timestamp::from_millis_since_reference(0.0), true);
+        let thread =
+            profile.add_thread(process, pid, Timestamp::from_millis_since_reference(0.0), true);
         profile.set_thread_name(thread, &name);
         let mut at_ms = 0.0;
         for (labels, kinds, count) in stacks {
             if labels.len() != kinds.len() {
-                return Err(format!("{} labels but {} kinds in a stack of {name}", labels.len(), kinds.len()));
+                return Err(format!(
+                    "{} labels but {} kinds in a stack of {name}",
+                    labels.len(),
+                    kinds.len()
+                ));
             }
             let frames: Vec<FrameInfo> = labels
                 .iter()
@@ -69,7 +79,13 @@ pub fn build(product: &str, interval_ms: f64, processes: Vec<ProcessArgs>) -> Re
             let stack = profile.intern_stack_frames(thread, frames.into_iter());
             let weight = i32::try_from(count).unwrap_or(i32::MAX);
             let busy = CpuDelta::from_nanos((interval_ms * 1e6 * f64::from(count)) as u64);
-            profile.add_sample(thread, Timestamp::from_millis_since_reference(at_ms), stack, busy, weight);
+            profile.add_sample(
+                thread,
+                Timestamp::from_millis_since_reference(at_ms),
+                stack,
+                busy,
+                weight,
+            );
             at_ms += interval_ms * f64::from(count);
         }
     }
@@ -99,7 +115,11 @@ mod tests {
     #[test]
     fn processes_threads_and_weighted_samples() {
         let stacks = vec![
-            (vec!["main (t.py:1)".to_string(), "fib (t.py:4)".to_string()], vec!["python".into(), "python".into()], 3),
+            (
+                vec!["main (t.py:1)".to_string(), "fib (t.py:4)".to_string()],
+                vec!["python".into(), "python".into()],
+                3,
+            ),
             (vec!["main (t.py:1)".to_string()], vec!["python".into()], 1),
         ];
         let profile = build("perftramp", 4.0, vec![("python3 [pid 7]".into(), 7, stacks)]).unwrap();

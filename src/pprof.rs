@@ -146,7 +146,10 @@ pub fn encode_pprof<'py>(
         ));
     }
     let profile = Profile {
-        sample_type: sample_types.into_iter().map(|(t, u)| ValueType { r#type: t, unit: u }).collect(),
+        sample_type: sample_types
+            .into_iter()
+            .map(|(t, u)| ValueType { r#type: t, unit: u })
+            .collect(),
         sample: samples
             .into_iter()
             .map(|(location_id, value, labels)| Sample {
