@@ -81,6 +81,11 @@ fn frames_of(line: &str) -> impl Iterator<Item = &str> {
     stack.split(';')
 }
 
+/// Carried in every SVG's `NOTES` comment (README: Licences).
+pub const LICENCE_NOTE: &str = "drawn by perftramp with inferno; the embedded script is \
+FlameGraph's (Copyright Brendan Gregg and contributors), CDDL-1.0, source: \
+https://github.com/jonhoo/inferno and https://github.com/brendangregg/FlameGraph";
+
 /// Draws an interactive (searchable, zoomable) flamegraph SVG of collapsed stacks.
 ///
 /// `lines` are `frame;frame;... count` lines, outermost frame first. Returns an error of kind
@@ -115,6 +120,8 @@ pub fn render(
     let mut options = Options::default();
     options.title = title.to_owned();
     options.subtitle = subtitle.map(str::to_owned);
+    // The SVG embeds FlameGraph's script (CDDL-1.0, via inferno): say so where it travels.
+    options.notes = LICENCE_NOTE.to_owned();
     options.colors = Palette::Basic(BasicPalette::Hot);
     options.deterministic = true;
     options.count_name = "samples".to_owned();
@@ -186,6 +193,10 @@ mod tests {
         assert!(svg.contains(&format!("rgb({},{},{})", kernel.r, kernel.g, kernel.b)));
         let fib = frame_color("py::fib:/t.py").unwrap();
         assert!(svg.contains(&format!("rgb({},{},{})", fib.r, fib.g, fib.b)));
+        // The embedded script's licence travels with it.
+        assert!(
+            svg.contains("<!--NOTES: drawn by perftramp with inferno") && svg.contains("CDDL-1.0")
+        );
         // Deterministic: same input, same bytes.
         assert_eq!(svg, render(&lines, "perftramp test", Some("sub"), &none, false).unwrap());
     }

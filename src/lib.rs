@@ -247,5 +247,7 @@ fn _perftramp(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pprof::encode_pprof, m)?)?;
     m.add_function(wrap_pyfunction!(gecko::encode_gecko, m)?)?;
     m.add("VALID_MODES", Mode::VALID)?;
+    // The one version number: Cargo.toml's, which maturin also gives the wheel and sdist.
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

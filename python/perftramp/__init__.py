@@ -39,8 +39,6 @@ __all__ = [
     "uninstall_signal_toggle",
 ]
 
-__version__ = "0.1.0"
-
 #: Accepted values of ``mode``, with aliases (CPython's names) mapped to perftramp's.
 MODES = {"map": "map", "perf": "map", "jit": "jit", "perf_jit": "jit", "both": "both"}
 
@@ -49,6 +47,16 @@ try:
 except ImportError as _import_error:  # pragma: no cover - exercised only on unsupported builds
     _native = None
     _native_import_error: Optional[BaseException] = _import_error
+
+    def _installed_version() -> str:
+        try:
+            from importlib.metadata import version
+
+            return version("perftramp")
+        except Exception:  # metadata missing too (a source tree on sys.path)
+            return "unknown"
+
+    __version__ = _installed_version()
 
     class PerftrampError(RuntimeError):
         """Base class of perftramp's own errors."""
@@ -61,6 +69,7 @@ except ImportError as _import_error:  # pragma: no cover - exercised only on uns
 
 else:
     _native_import_error = None
+    __version__: str = _native.__version__
     PerftrampError = _native.PerftrampError
     UnsupportedError = _native.UnsupportedError
     ConflictError = _native.ConflictError

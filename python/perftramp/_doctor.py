@@ -20,9 +20,11 @@ from . import _report as rp
 
 SUPPORTED_ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
-FP_FIX = ("build a CPython with frame pointers: bash scripts/build-fp-python.sh 3.13 (in "
-          "perftramp's source tree), or configure CPython with CFLAGS='-fno-omit-frame-pointer "
-          "-mno-omit-leaf-frame-pointer'; or use jit mode, which needs none")
+FP_FIX = ("use jit mode, which needs no frame pointers (record --mode jit; the default when "
+          "there are none), or an interpreter built with them: CPython 3.15+ builds them by "
+          "default; with pyenv: PYTHON_CFLAGS='-fno-omit-frame-pointer "
+          "-mno-omit-leaf-frame-pointer' pyenv install 3.13; from source: ./configure "
+          "CFLAGS='-fno-omit-frame-pointer -mno-omit-leaf-frame-pointer' (README: \"Use\")")
 
 #: Run by the interpreter being checked (it may not be this one): what doctor needs to know.
 PROBE = r"""

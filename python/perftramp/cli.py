@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m perftramp",
         description="Profile Python programs with Linux perf, Python functions named "
                     "py::<qualname>:<file>, native and kernel frames kept.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"perftramp {__version__}")
     sub = parser.add_subparsers(dest="subcommand", metavar="{record,report,toggle,doctor}")
     sub.required = True
 
