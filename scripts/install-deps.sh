@@ -9,6 +9,7 @@ packages=(
     gcc libc6-dev                    # x86_64 slot harness
     gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu libc6-dev-arm64-cross
     qemu-user-static                 # runs the aarch64 slot harness
+    golang-go                        # go tool pprof reads report --format pprof (tests/test_export.py)
 )
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -4,14 +4,18 @@
 //!
 //! Colours: Python frames (`py::...`, the names perftramp gives perf) in a blue-green range,
 //! kernel frames (annotated `_[k]`, as FlameGraph's `stackcollapse-perf --kernel` does) orange,
-//! everything else (native code) in the classic red-yellow range. Colours depend only on the
-//! name, so two renderings of the same data look the same.
+//! everything else (native code) in the classic red-yellow range. The Python view names its
+//! frames itself and passes their kinds (`kinds`), which pick the colour instead. Colours
+//! depend only on the name and kind, so two renderings of the same data look the same.
+//!
+//! Labels are truncated on the right (inferno's default cuts the left), because the Python
+//! view's labels lead with the function: a narrow box shows `parse_ex..`, not `..ers/x.py`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 
 use inferno::flamegraph::color::{BasicPalette, Color, Palette, PaletteMap};
-use inferno::flamegraph::{self, Options};
+use inferno::flamegraph::{self, Direction, Options, TextTruncateDirection};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyString;
@@ -46,6 +50,26 @@ fn frame_color(name: &str) -> Option<Color> {
     }
 }
 
+/// A colour for a frame of a known kind (the Python view's `kinds`), None for an unknown kind.
+fn kind_color(kind: &str, name: &str) -> Option<Color> {
+    let hash = fnv1a(name);
+    let v1 = (hash & 0xff) as u8;
+    let v2 = ((hash >> 8) & 0xff) as u8;
+    match kind {
+        "python" => Some(Color { r: 80 + v1 / 4, g: 165 + v2 / 4, b: 190 + v1 / 5 }),
+        "kernel" => Some(Color { r: 235 + v1 / 16, g: 140 + v2 / 5, b: 40 + v1 / 8 }),
+        // C extensions, libc, mypyc/Cython code: the classic warm native range.
+        "native" => Some(Color { r: 225 + v1 / 10, g: 180 + v2 / 6, b: 60 + v1 / 6 }),
+        // CPython's own work at the tip of a Python call (allocation, dict lookups...): muted.
+        "interpreter" => Some(Color { r: 200 + v1 / 12, g: 190 + v2 / 12, b: 170 + v1 / 12 }),
+        // Process roots and markers (stack cut short): grey, so they read as structure.
+        "process" | "marker" => {
+            Some(Color { r: 190 + v1 / 20, g: 190 + v1 / 20, b: 195 + v1 / 20 })
+        }
+        _ => None,
+    }
+}
+
 /// The lines of a collapsed-stacks text, without blank lines and comments.
 fn stack_lines(text: &str) -> impl Iterator<Item = &str> {
     text.lines().map(str::trim).filter(|line| !line.is_empty() && !line.starts_with('#'))
@@ -57,22 +81,37 @@ fn frames_of(line: &str) -> impl Iterator<Item = &str> {
     stack.split(';')
 }
 
-/// Draws an interactive (searchable, zoomable) flamegraph SVG of collapsed stacks.
-///
-/// `lines` are `frame;frame;... count` lines, outermost frame first. Returns an error of kind
-/// `InvalidData` when they hold no sample.
 /// Carried in every SVG's `NOTES` comment (README: Licences).
 pub const LICENCE_NOTE: &str = "drawn by perftramp with inferno; the embedded script is \
 FlameGraph's (Copyright Brendan Gregg and contributors), CDDL-1.0, source: \
 https://github.com/jonhoo/inferno and https://github.com/brendangregg/FlameGraph";
 
-pub fn render(lines: &[&str], title: &str, subtitle: Option<&str>) -> io::Result<String> {
+/// Draws an interactive (searchable, zoomable) flamegraph SVG of collapsed stacks.
+///
+/// `lines` are `frame;frame;... count` lines, outermost frame first. Returns an error of kind
+/// `InvalidData` when they hold no sample.
+///
+/// `kinds` maps frame names to their kind (python, native, interpreter, kernel, process,
+/// marker), which chooses their colour; names it does not hold are coloured by their name.
+/// `inverted` draws an icicle graph (roots at the top: the first screen shows the widest
+/// boxes instead of thin tips over empty background).
+pub fn render(
+    lines: &[&str],
+    title: &str,
+    subtitle: Option<&str>,
+    kinds: &HashMap<String, String>,
+    inverted: bool,
+) -> io::Result<String> {
     let mut palette_map = PaletteMap::default();
     let mut seen: HashSet<&str> = HashSet::new();
     for line in lines.iter().flat_map(|text| stack_lines(text)) {
         for frame in frames_of(line) {
             if seen.insert(frame) {
-                if let Some(color) = frame_color(frame) {
+                let color = match kinds.get(frame) {
+                    Some(kind) => kind_color(kind, frame),
+                    None => frame_color(frame),
+                };
+                if let Some(color) = color {
                     palette_map.insert(frame, color);
                 }
             }
@@ -88,6 +127,10 @@ pub fn render(lines: &[&str], title: &str, subtitle: Option<&str>) -> io::Result
     options.count_name = "samples".to_owned();
     options.name_type = "Function:".to_owned();
     options.palette_map = Some(&mut palette_map);
+    options.text_truncate_direction = TextTruncateDirection::Right;
+    if inverted {
+        options.direction = Direction::Inverted;
+    }
     let mut svg = Vec::new();
     flamegraph::from_lines(
         &mut options,
@@ -97,17 +140,21 @@ pub fn render(lines: &[&str], title: &str, subtitle: Option<&str>) -> io::Result
     String::from_utf8(svg).map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))
 }
 
-/// `render_flamegraph(collapsed_lines, title, subtitle=None) -> str`: the SVG of collapsed
-/// stacks, given as one text or a list of lines. Raises ValueError when they hold no sample.
-/// The GIL is released while drawing.
+/// `render_flamegraph(collapsed_lines, title, subtitle=None, kinds=None, inverted=False) -> str`:
+/// the SVG of collapsed stacks, given as one text or a list of lines; `kinds` maps frame names
+/// to their kind (colour). Raises ValueError when they hold no sample. The GIL is released
+/// while drawing.
 #[pyfunction]
-#[pyo3(signature = (collapsed_lines, title, subtitle=None))]
+#[pyo3(signature = (collapsed_lines, title, subtitle=None, kinds=None, inverted=false))]
 pub fn render_flamegraph(
     py: Python<'_>,
     collapsed_lines: &Bound<'_, PyAny>,
     title: String,
     subtitle: Option<String>,
+    kinds: Option<HashMap<String, String>>,
+    inverted: bool,
 ) -> PyResult<String> {
+    let kinds = kinds.unwrap_or_default();
     let texts: Vec<String> = if let Ok(text) = collapsed_lines.cast::<PyString>() {
         vec![text.to_str()?.to_owned()]
     } else {
@@ -117,7 +164,7 @@ pub fn render_flamegraph(
     };
     py.detach(|| {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        render(&refs, &title, subtitle.as_deref())
+        render(&refs, &title, subtitle.as_deref(), &kinds, inverted)
     })
     .map_err(|err| match err.kind() {
         io::ErrorKind::InvalidData => PyValueError::new_err(format!("no flamegraph drawn: {err}")),
@@ -135,7 +182,8 @@ mod tests {
             "python3;main;py::main:/t.py;_PyEval_EvalFrameDefault;py::fib:/t.py 30",
             "python3;main;py::main:/t.py;write;ksys_write_[k] 10\n# comment\n\n",
         ];
-        let svg = render(&lines, "perftramp test", Some("sub")).unwrap();
+        let none = HashMap::new();
+        let svg = render(&lines, "perftramp test", Some("sub"), &none, false).unwrap();
         assert!(svg.starts_with("<?xml"));
         assert!(svg.contains("py::fib:/t.py"));
         assert!(svg.contains("perftramp test"));
@@ -150,12 +198,12 @@ mod tests {
             svg.contains("<!--NOTES: drawn by perftramp with inferno") && svg.contains("CDDL-1.0")
         );
         // Deterministic: same input, same bytes.
-        assert_eq!(svg, render(&lines, "perftramp test", Some("sub")).unwrap());
+        assert_eq!(svg, render(&lines, "perftramp test", Some("sub"), &none, false).unwrap());
     }
 
     #[test]
     fn no_sample_is_an_error() {
-        let err = render(&["", "# nothing"], "t", None).unwrap_err();
+        let err = render(&["", "# nothing"], "t", None, &HashMap::new(), false).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 
@@ -167,5 +215,27 @@ mod tests {
         }
         assert!(frame_color("do_syscall_64_[k]").unwrap().r >= 235);
         assert!(frame_color("PyObject_Call").is_none());
+    }
+
+    #[test]
+    fn kinds_choose_the_colour_of_the_python_views_labels() {
+        let lines = ["python3 [pid 7];main (t.py:1);fib (t.py:4);encoder_call 5"];
+        let kinds: HashMap<String, String> = [
+            ("python3 [pid 7]", "process"),
+            ("main (t.py:1)", "python"),
+            ("fib (t.py:4)", "python"),
+            ("encoder_call", "native"),
+        ]
+        .iter()
+        .map(|(n, k)| (n.to_string(), k.to_string()))
+        .collect();
+        let svg = render(&lines, "t", None, &kinds, true).unwrap();
+        for (name, kind) in &kinds {
+            let c = kind_color(kind, name).unwrap();
+            assert!(svg.contains(&format!("rgb({},{},{})", c.r, c.g, c.b)), "{name}");
+        }
+        let fib = kind_color("python", "fib (t.py:4)").unwrap();
+        assert!(fib.b >= 190 && fib.g >= 165);
+        assert!(kind_color("bogus", "x").is_none());
     }
 }

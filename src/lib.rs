@@ -17,11 +17,13 @@ pub mod arena;
 pub mod cpython;
 pub mod file_error;
 pub mod flamegraph;
+pub mod gecko;
 pub mod hook;
 pub mod jitdump;
 pub mod jitdump_file;
 pub mod names;
 pub mod perf_map;
+pub mod pprof;
 pub mod profiler;
 pub mod stack_guard;
 pub mod state_marker;
@@ -242,6 +244,8 @@ fn _perftramp(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(after_fork_in_child, m)?)?;
     m.add_function(wrap_pyfunction!(perf_map_path, m)?)?;
     m.add_function(wrap_pyfunction!(flamegraph::render_flamegraph, m)?)?;
+    m.add_function(wrap_pyfunction!(pprof::encode_pprof, m)?)?;
+    m.add_function(wrap_pyfunction!(gecko::encode_gecko, m)?)?;
     m.add("VALID_MODES", Mode::VALID)?;
     // The one version number: Cargo.toml's, which maturin also gives the wheel and sdist.
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

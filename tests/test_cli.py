@@ -76,12 +76,41 @@ def no_traceback(proc: subprocess.CompletedProcess) -> None:
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr
 
 
-def names(workload: Path) -> Tuple[str, str, str]:
+def perf_names(workload: Path) -> Tuple[str, str, str]:
+    """The names perftramp gives perf (what stacks.collapsed and --python-only show)."""
     return (py_name("hot", str(workload)), py_name("middle", str(workload)),
             py_name("Outer.run", str(workload)))
 
 
-SVG_FRAME = re.compile(r'<g><title>(.*?) \(([\d,]+) samples?, [\d.]+%\)</title>'
+#: Definition lines of WORKLOAD's functions (and TOGGLED's hot).
+LINES = {"hot": 3, "middle": 9, "Outer.run": 13}
+
+
+def _qualname(qualname: str) -> str:
+    # 3.9/3.10 code objects have no qualname: perftramp names them by co_name.
+    return qualname if sys.version_info >= (3, 11) else qualname.rsplit(".", 1)[-1]
+
+
+def label(qualname: str, workload: Path, line: Optional[int] = None) -> str:
+    """A Python frame in the default flamegraph: `qualname (file.py:LINE)`."""
+    return f"{_qualname(qualname)} ({workload.name}:{line or LINES[qualname]})"
+
+
+def row(qualname: str, workload: Path, line: Optional[int] = None) -> str:
+    """A function in the table: `qualname  /path/file.py:LINE`."""
+    return f"{_qualname(qualname)}  {workload}:{line or LINES[qualname]}"
+
+
+def names(workload: Path) -> Tuple[str, str, str]:
+    return label("hot", workload), label("middle", workload), label("Outer.run", workload)
+
+
+def rows_of(workload: Path) -> Tuple[str, str, str]:
+    return row("hot", workload), row("middle", workload), row("Outer.run", workload)
+
+
+# A box: its name, then (the Python view) a line saying where the frame is.
+SVG_FRAME = re.compile(r'<g><title>(.*?) \(([\d,]+) samples?, [\d.]+%\)(?:\n[^<]*)?</title>'
                        r'<rect x="([\d.]+)%" y="(\d+)" width="([\d.]+)%"')
 
 
@@ -96,16 +125,22 @@ def svg_frames(svg: str) -> Dict[str, Tuple[float, int, float]]:
     return frames
 
 
-def assert_called_by(frames: Dict[str, Tuple[float, int, float]], callee: str, caller: str) -> None:
+def assert_called_by(frames: Dict[str, Tuple[float, int, float]], callee: str, caller: str,
+                     *, icicle: bool = False) -> None:
+    """`callee` is drawn on its caller: above it in a flame graph, below it in an icicle graph
+    (the Python view, roots at the top)."""
     (cx, cy, cw), (px, py_, pw) = frames[callee], frames[caller]
-    assert py_ > cy, f"{caller} is not drawn below {callee}"
+    if icicle:
+        assert py_ < cy, f"{caller} is not drawn above {callee}"
+    else:
+        assert py_ > cy, f"{caller} is not drawn below {callee}"
     assert px <= cx + 1e-6 and cx + cw <= px + pw + 1e-3, f"{callee} is not within {caller}"
 
 
 def table_rows(stdout: str) -> List[Tuple[float, float, str]]:
     rows = []
     for line in stdout.splitlines():
-        match = re.match(r"^\s*([\d.]+)%\s+([\d.]+)%\s+(py::.*)$", line)
+        match = re.match(r"^\s*([\d.]+)%\s+([\d.]+)%\s+(\S.*)$", line)
         if match:
             rows.append((float(match.group(1)), float(match.group(2)), match.group(3)))
     return rows
@@ -142,7 +177,8 @@ def test_record_draws_python_functions_with_their_callers(perf, recording):
     assert proc.returncode == 0, proc.stderr
     no_traceback(proc)
     hot, middle, outer = names(workload)
-    for name in ("perf.data", "stacks.collapsed", "flamegraph.svg", "top.txt", "perftramp.json"):
+    for name in ("perf.data", "stacks.collapsed", "stacks.raw", "flamegraph.svg", "top.txt",
+                 "perftramp.json"):
         assert (out / name).is_file(), name
     # --mode auto: frame pointers -> map mode + fp stacks, else jit mode + dwarf + perf inject.
     meta = json.loads((out / "perftramp.json").read_text())
@@ -161,19 +197,22 @@ def test_record_draws_python_functions_with_their_callers(perf, recording):
             target = str((out / "jit").resolve())
             assert (out / "jit").is_symlink() and target.startswith("/tmp/jitted-perftramp-"), target
             assert meta["jit_dirs"] == [target]
-    # The flamegraph: every function, each drawn on top of its caller.
+    # The flamegraph: every function, each drawn on its caller (the Python view, an icicle graph).
     frames = svg_frames((out / "flamegraph.svg").read_text())
     for name in (hot, middle, outer):
         assert name in frames, f"{name} not in the SVG; it has {sorted(frames)[:20]}"
-    assert_called_by(frames, hot, middle)
-    assert_called_by(frames, middle, outer)
-    # The collapsed stacks: most samples of hot have the whole chain under them.
+    assert_called_by(frames, hot, middle, icicle=True)
+    assert_called_by(frames, middle, outer, icicle=True)
+    # The collapsed stacks (as perf named the frames): most samples of hot have the whole
+    # chain under them.
+    hot, middle, outer = perf_names(workload)
     counts = ps.parse_collapsed((out / "stacks.collapsed").read_text())
     with_hot = {s: c for s, c in counts.items() if hot in s.split(";")}
     full = sum(c for s, c in with_hot.items() if ps.has_chain(s.split(";")[::-1], [hot, middle, outer]))
     assert sum(with_hot.values()) >= 100
     assert full / sum(with_hot.values()) >= 0.9, f"{full} of {sum(with_hot.values())} full stacks"
-    # The table names the hot function first, as perf names it, and is saved.
+    # The table names the hot function first, with where it is defined, and is saved.
+    hot, middle, outer = rows_of(workload)
     rows = table_rows(proc.stdout)
     assert rows and rows[0][2] == hot, proc.stdout
     assert rows[0][0] > 50
@@ -185,7 +224,8 @@ def test_record_draws_python_functions_with_their_callers(perf, recording):
 def test_report_rerenders_and_filters(perf, recording):
     workload, out, proc = recording
     assert proc.returncode == 0, proc.stderr
-    hot, middle, outer = names(workload)
+    hot, middle, outer = perf_names(workload)
+    hot_row = rows_of(workload)[0]
     svg = (out / "flamegraph.svg").read_text()
     (out / "flamegraph.svg").unlink()
     again = cli("report", str(out))
@@ -210,7 +250,7 @@ def test_report_rerenders_and_filters(perf, recording):
     text = (out / "stacks.no-python.collapsed").read_text()
     assert text and "py::" not in text
     assert "py::" not in (out / "flamegraph.no-python.svg").read_text()
-    assert len(table_rows(hidden.stdout)) == 1 and table_rows(hidden.stdout)[0][2] == hot
+    assert len(table_rows(hidden.stdout)) == 1 and table_rows(hidden.stdout)[0][2] == hot_row
 
     both = cli("report", str(out), "--python-only", "--no-python")
     assert both.returncode == 2 and "not allowed with" in both.stderr
@@ -218,7 +258,7 @@ def test_report_rerenders_and_filters(perf, recording):
     # --rescan reads perf data again (the perf maps / jitted files are still there).
     rescan = cli("report", str(out), "--rescan")
     assert rescan.returncode == 0, rescan.stderr
-    assert table_rows(rescan.stdout)[0][2] == hot
+    assert table_rows(rescan.stdout)[0][2] == hot_row
 
 
 @pytest.mark.perf
@@ -258,9 +298,8 @@ def test_ctrl_c_stops_perf_and_still_draws(perf, tmp_path):
     assert "Traceback" not in stderr
     assert "stopped by Ctrl-C" in stderr
     assert (out / "flamegraph.svg").is_file()
-    hot = py_name("hot", str(workload))
-    assert hot in svg_frames((out / "flamegraph.svg").read_text())
-    assert table_rows(stdout)[0][2] == hot
+    assert label("hot", workload) in svg_frames((out / "flamegraph.svg").read_text())
+    assert table_rows(stdout)[0][2] == row("hot", workload)
     remove_perf_maps(out)
 
 
@@ -275,7 +314,7 @@ def test_a_command_that_is_not_python_gets_jit_mode_through_the_environment(perf
                f"exec '{sys.executable}' '{workload}' 0.8")
     assert proc.returncode == 0, proc.stderr
     assert "not a Python interpreter I can inspect: jit mode" in proc.stderr
-    assert table_rows(proc.stdout)[0][2] == py_name("hot", str(workload))
+    assert table_rows(proc.stdout)[0][2] == row("hot", workload)
 
 
 @pytest.mark.perf
@@ -299,6 +338,19 @@ def test_record_returns_the_commands_failure(perf, tmp_path):
     assert "exited with status 3" in proc.stderr
     assert (tmp_path / "out" / "flamegraph.svg").is_file()
     remove_perf_maps(tmp_path / "out")
+
+
+@pytest.mark.perf
+def test_a_command_that_fails_before_its_own_code_is_not_blamed_on_perftramp(perf, tmp_path):
+    out = tmp_path / "out"
+    proc = cli("record", "-o", str(out), "--", sys.executable, str(tmp_path / "nosuchfile.py"))
+    no_traceback(proc)
+    assert proc.returncode == 2, proc.stderr  # python's own status for a missing script
+    assert "can't open file" in proc.stderr  # the program's message, passed through
+    assert "the command failed (exit status 2" in proc.stderr
+    assert "Is perftramp installed" not in proc.stderr and "no jitdump" not in proc.stderr
+    assert not (out / "flamegraph.svg").exists()  # nothing misleading drawn
+    assert (out / "perf.data").is_file()
 
 
 def test_perf_missing(tmp_path):
@@ -465,11 +517,18 @@ def test_record_a_live_process(perf, tmp_path, jit_dir, own_toggle):
         assert proc.returncode == 0, proc.stderr
         no_traceback(proc)
         assert server.poll() is None, "the live process died"
-        hot = py_name("hot", str(tmp_path / "server.py"))
-        assert table_rows(proc.stdout)[0][2] == hot, proc.stdout
-        assert hot in svg_frames((out / "flamegraph.svg").read_text())
+        server_py = tmp_path / "server.py"
+        line = server_py.read_text().splitlines().index("def hot(n):") + 1
+        assert table_rows(proc.stdout)[0][2] == row("hot", server_py, line), proc.stdout
+        assert label("hot", server_py, line) in svg_frames((out / "flamegraph.svg").read_text())
         assert f"perftramp is on (jit: {jit_dir}/jit-{server.pid}.dump)" in proc.stderr
         assert (out / "perf.jit.data").is_file()
+        # It says the state perftramp ended in, and leaves no jitted file next to the dump
+        # (the process's own jitdump stays: it reuses it when turned on again).
+        assert f"perftramp is OFF in {server.pid}" in proc.stderr, proc.stderr[-2000:]
+        assert not list(Path(jit_dir).glob(f"jitted-{server.pid}-*.so"))
+        assert list((out / "jit").glob(f"jitted-{server.pid}-*.so"))
+        assert (Path(jit_dir) / f"jit-{server.pid}.dump").is_file()
     finally:
         server.send_signal(signal.SIGTERM)
         _, err = server.communicate(timeout=30)

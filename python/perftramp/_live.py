@@ -266,7 +266,7 @@ def toggle_command(pid: int, requested_signal: Optional[str]) -> int:
 
 def record_pid(perf: str, pid: int, *, duration: float, output: Path, force: bool,
                frequency: Optional[int], requested_signal: Optional[str], top: int, inline: bool,
-               perf_args: List[str]) -> int:
+               perf_args: List[str], all_frames: bool = False, keep_tmp: bool = False) -> int:
     check_process(pid)
     env = process_env(pid)
     signum = _validated_signal(pid, env, requested_signal)
@@ -324,14 +324,61 @@ def record_pid(perf: str, pid: int, *, duration: float, output: Path, force: boo
     try:
         run = rec.run_perf(perf_command, dict(os.environ), duration=duration)
     finally:
-        try:
-            os.kill(pid, signum)
-            say(f"sent {name} to {pid} again: perftramp is off")
-        except OSError:
-            say(f"process {pid} has exited")
+        final = _turn_off(pid, signum, env)
     if not run.captured or not data.is_file():
         if run.interrupted:
             raise CliError("interrupted before perf recorded anything", 130)
         raise rec.explain_perf_failure(run.stderr, run.status)
-    return rec._draw(perf, directory, mode, top=top, inline=inline,
-                     status=130 if run.interrupted else 0, command=[str(pid)], pid=pid)
+    try:
+        status = rec._draw(perf, directory, mode, top=top, inline=inline,
+                           status=130 if run.interrupted else 0, command=[str(pid)], pid=pid,
+                           all_frames=all_frames)
+    finally:
+        if after.dump is not None and not keep_tmp:
+            _collect_jitted(pid, after.dump.parent, directory / rp.JIT_DIR)
+    say(final)
+    return status
+
+
+def _turn_off(pid: int, signum: int, env: Dict[str, str]) -> str:
+    """Sends the toggle signal once more and says the state perftramp ended in, as the
+    process's own marker shows it (src/state_marker.rs)."""
+    name = signal_name(signum)
+    before = files_of(pid, env)
+    try:
+        os.kill(pid, signum)
+    except OSError:
+        return f"process {pid} has exited (perftramp ended with it)"
+    state, after = observe(pid, env, before, timeout=3.0)
+    if after.enabled is None and not Path(f"/proc/{pid}").exists():
+        return f"process {pid} has exited (perftramp ended with it)"
+    if state == "off" or after.enabled is False:
+        return f"sent {name} to {pid} again: perftramp is OFF in {pid} (it runs at full speed)"
+    if after.enabled:
+        return (f"sent {name} to {pid} again, but perftramp is still ON in {pid}: run "
+                f"`python -m perftramp toggle {pid}` to turn it off")
+    return (f"sent {name} to {pid} again: perftramp should be off (this perftramp does not show "
+            f"its state; `python -m perftramp toggle {pid}` says what a toggle does)")
+
+
+def _collect_jitted(pid: int, source: Path, target: Path) -> None:
+    """Moves the jitted-<pid>-*.so files `perf inject --jit` wrote next to the live process's
+    jitdump (in /tmp by default) into the recording. perf finds them again by build id (perf
+    inject puts them in its ~/.debug cache); the jitdump itself stays: the process still
+    appends to it and reuses it when perftramp is turned on again."""
+    import shutil
+
+    if source.resolve() == target.resolve():
+        return
+    moved = 0
+    for path in source.glob(f"jitted-{pid}-*.so"):
+        target.mkdir(exist_ok=True)
+        try:
+            shutil.move(str(path), str(target / path.name))
+            moved += 1
+        except OSError as err:
+            say(f"could not move {path} into {target}: {err.strerror or err}")
+            break
+    if moved:
+        say(f"moved {moved:,} jitted-{pid}-*.so files from {source} into {target} "
+            f"(--keep-tmp leaves them); {source}/jit-{pid}.dump stays: process {pid} owns it")

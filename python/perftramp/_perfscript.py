@@ -13,6 +13,7 @@ __all__ = [
     "Sample", "parse_perf_script", "has_chain",
     "StackSample", "iter_stack_samples", "frame_name", "collapse", "format_collapsed",
     "parse_collapsed", "filter_collapsed", "PythonTop", "python_top",
+    "RawSample", "iter_raw_samples",
 ]
 
 # "\t    7f0b48856240 py::foo:/t.py+0x9 (/tmp/perf-123.map)"
@@ -202,3 +203,41 @@ def python_top(counts: Dict[str, int]) -> PythonTop:
         for name in set(python):
             total[name] = total.get(name, 0) + count
     return PythonTop(all_samples, self_samples, total, without)
+
+
+# --- Samples with their DSOs (what the Python view folds) ------------------------------------------
+
+@dataclass
+class RawSample:
+    """One perf sample as recorded: process name and pid, and each frame's symbol with the file
+    (DSO) it is in, innermost first. The DSO is what tells CPython's plumbing from other native
+    code (_folding.py)."""
+
+    comm: str
+    pid: Optional[int]
+    frames: List[Tuple[str, str]] = field(default_factory=list)
+
+
+def iter_raw_samples(lines: Iterable[str]) -> Iterator[RawSample]:
+    """Like iter_stack_samples, keeping (symbol, dso) per frame instead of a display name."""
+    current: Optional[RawSample] = None
+    for raw in lines:
+        line = raw.rstrip("\n")
+        if not line.strip():
+            if current is not None:
+                yield current
+            current = None
+        elif line[0] not in " \t":
+            if current is not None:
+                yield current
+            match = _HEADER_FIELDS.match(line) or _HEADER_DEFAULT.match(line)
+            if match:
+                current = RawSample(match.group("comm"), int(match.group("pid")))
+            else:
+                current = RawSample(line.strip(), None)
+        elif current is not None:
+            match = _STACK_FRAME.match(line) or _FRAME.match(line)
+            if match:
+                current.frames.append((match.group(1), match.group(2)))
+    if current is not None:
+        yield current

@@ -18,7 +18,6 @@ from types import FrameType
 from typing import Callable, Dict, List, Optional, Sequence
 
 from . import _perf
-from . import _perfscript as ps
 from . import _report as rp
 from ._report import CliError, say
 
@@ -302,7 +301,8 @@ def run_perf(command: Sequence[str], env: Dict[str, str], *,
 
 
 def record_command(perf: str, command: List[str], *, output: Path, mode: str, frequency: Optional[int],
-                   force: bool, top: int, inline: bool, perf_args: List[str]) -> int:
+                   force: bool, top: int, inline: bool, perf_args: List[str],
+                   all_frames: bool = False) -> int:
     if not command:
         raise CliError("record needs a command to run: python -m perftramp record -- python app.py", 2)
     executable = resolve_command(command[0])
@@ -343,32 +343,77 @@ def record_command(perf: str, command: List[str], *, output: Path, mode: str, fr
     if run.interrupted:
         say("stopped by Ctrl-C: keeping what was recorded")
     return _draw(perf, directory, plan.mode, top=top, inline=inline,
-                 status=130 if run.interrupted else run.status, command=command)
+                 status=130 if run.interrupted else run.status, command=command,
+                 all_frames=all_frames)
 
 
 def _draw(perf: str, directory: Path, mode: str, *, top: int, inline: bool, status: int,
-          command: List[str], pid: Optional[int] = None) -> int:
+          command: List[str], pid: Optional[int] = None, all_frames: bool = False) -> int:
+    failed = status not in (0, 130)
     try:
-        written, table, counts = rp.finish(perf, directory, rescan=True, python=None, limit=top,
-                                           inline=inline)
+        meta = rp.read_meta(directory)
+        stacks, data_written = rp.load_stacks(perf, directory, rescan=True, inline=inline, meta=meta)
+        if failed and not _ran_its_own_python(stacks):
+            # Nothing but interpreter start-up was recorded: a flamegraph of that, or a hint that
+            # perftramp is missing, would point away from the real cause.
+            raise CliError(
+                f"the command failed (exit status {status}; its own message is above) before "
+                f"running any code of its own: nothing drawn. The recording is kept in "
+                f"{directory} (python -m perftramp report {directory} draws it anyway)", status)
+        report = rp.finish(perf, directory, rescan=False, python=None, limit=top,
+                           inline=inline, all_frames=all_frames)
     except KeyboardInterrupt:
         raise CliError(f"interrupted; the recording is kept: python -m perftramp report {directory}",
                        130) from None
-    if not any(ps.PYTHON_PREFIX in stack for stack in counts):
+    if report.python_samples == 0:
         say(_not_enabled_hint(mode, directory, command, pid))
-    sys.stdout.write(table)
+    sys.stdout.write(report.table)
     sys.stdout.flush()
     data = rp.data_file(directory)
     lost = rp.read_meta(directory).get("lost_chunks")
-    samples = sum(counts.values())
+    samples = report.samples
+    share = 100.0 * report.python_samples / samples if samples else 0.0
     say(f"{samples:,} samples; " + (f"perf LOST {lost:,} chunks of samples (see above)"
-                                   if isinstance(lost, int) and lost else "no samples lost"))
-    say("wrote " + ", ".join(str(p) for p in written))
-    say(f"open {directory / rp.SVG} in a browser (click to zoom, Ctrl-F to search); "
+                                   if isinstance(lost, int) and lost else "no samples lost")
+        + f"; {share:.0f}% with a Python frame"
+        + (f"; {100.0 * report.cut_short / samples:.0f}% cut short (unwinding stopped early: drawn "
+           f"under [stack cut short])" if report.cut_short and samples else ""))
+    size = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+    say("wrote " + ", ".join(str(p) for p in data_written + report.written)
+        + f" ({directory}: {size / 1e6:,.1f} MB in all)")
+    svg = directory / (rp.ALL_FRAMES_SVG if all_frames else rp.SVG)
+    say(f"open {svg} in a browser (click to zoom, Ctrl-F to search); "
+        f"export: python -m perftramp report {directory} --format pprof|speedscope|gecko; "
         f"more: perf report -i {data} --children --sort symbol")
-    if status not in (0, 130):
+    if failed:
         say(f"the command exited with status {status}")
     return status
+
+
+#: What every interpreter runs before the program's own code (site, codecs, imports,
+#: runpy for `-m`, perftramp's start hook, setuptools' .pth hook).
+_START_UP_FILES = frozenset({"site.py", "_sitebuiltins.py", "codecs.py", "os.py", "stat.py",
+                             "posixpath.py", "genericpath.py", "_collections_abc.py", "io.py",
+                             "abc.py", "runpy.py", "types.py", "sitecustomize.py", "usercustomize.py"})
+_START_UP_DIRS = ("/encodings/", "/importlib/", "/perftramp/", "/_distutils_hack/")
+
+
+def _ran_its_own_python(stacks: "rp.raw.RawStacks") -> bool:
+    """Whether the recording holds a Python frame of the program itself, i.e. one outside what
+    an interpreter runs while starting (a `python nosuchfile.py` runs only that)."""
+    from . import _labels
+
+    for _, _, frames in stacks:
+        for symbol, _ in frames:
+            parsed = _labels.parse_python_symbol(symbol)
+            if parsed is None:
+                continue
+            filename = parsed[1]
+            if filename.startswith("<") or any(d in filename for d in _START_UP_DIRS):
+                continue
+            if filename.rsplit("/", 1)[-1] not in _START_UP_FILES:
+                return True
+    return False
 
 
 def _not_enabled_hint(mode: str, directory: Path, command: List[str], pid: Optional[int]) -> str:

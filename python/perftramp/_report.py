@@ -16,18 +16,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
+from . import _folding as fold
 from . import _perfscript as ps
+from . import _rawstacks as raw
 
 # What a recording directory holds.
 PERF_DATA = "perf.data"
 JIT_DATA = "perf.jit.data"
 JIT_DIR = "jit"
 COLLAPSED = "stacks.collapsed"
+RAW = "stacks.raw"
 SVG = "flamegraph.svg"
+#: `--native all`: every frame as perf recorded it.
+ALL_FRAMES_SVG = "flamegraph.all-frames.svg"
+#: Default output file of each `report --format` (in the recording directory).
+EXPORTS = {"pprof": "profile.pb.gz", "speedscope": "profile.speedscope.json",
+           "gecko": "profile.gecko.json"}
 TOP = "top.txt"
 META = "perftramp.json"
 #: Every name `record` writes; `--force` removes exactly these (never anything else).
-OUTPUTS = (PERF_DATA, PERF_DATA + ".old", JIT_DATA, COLLAPSED, SVG, TOP, META,
+OUTPUTS = (PERF_DATA, PERF_DATA + ".old", JIT_DATA, COLLAPSED, RAW, SVG, ALL_FRAMES_SVG, TOP, META,
+           *EXPORTS.values(),
            "stacks.python-only.collapsed", "flamegraph.python-only.svg", "top.python-only.txt",
            "stacks.no-python.collapsed", "flamegraph.no-python.svg", "top.no-python.txt")
 
@@ -215,11 +224,14 @@ def _tail(text: str, lines: int = 15) -> str:
 
 @dataclass
 class Collapsed:
+    #: Every frame as perf named it, one root per process (stacks.collapsed).
     counts: Dict[str, int]
     samples: int
     pids: Set[int]
     #: Chunks of samples perf lost while recording (its ring buffer overflowed).
     lost_chunks: int = 0
+    #: The samples with their DSOs (stacks.raw), what the views are folded from.
+    stacks: Optional[raw.RawStacks] = None
 
 
 _LOST = re.compile(r"lost (\d+) chunks")
@@ -241,9 +253,9 @@ def script_collapse(perf: str, data: Path, *, inline: bool = False) -> Collapsed
     pids: Set[int] = set()
     seen = [0]
 
-    def samples() -> Iterable[ps.StackSample]:
+    def samples() -> Iterable[ps.RawSample]:
         assert proc.stdout is not None
-        for sample in ps.iter_stack_samples(proc.stdout):
+        for sample in ps.iter_raw_samples(proc.stdout):
             seen[0] += 1
             if sample.pid is not None:
                 pids.add(sample.pid)
@@ -251,7 +263,7 @@ def script_collapse(perf: str, data: Path, *, inline: bool = False) -> Collapsed
 
     try:
         with Progress(f"perf script -i {data.name}", lambda: f"{seen[0]:,} samples") as progress:
-            counts = ps.collapse(samples())
+            stacks = raw.from_samples(samples())
             proc.wait()
     finally:
         _stop_child(proc)
@@ -265,7 +277,7 @@ def script_collapse(perf: str, data: Path, *, inline: bool = False) -> Collapsed
             f"(perf could not keep up; a lower -F, or bigger buffers: --perf-args='-m 32M')")
     if progress.elapsed > 2:
         say(f"perf script: {seen[0]:,} samples in {progress.elapsed:.1f} s")
-    return Collapsed(counts, seen[0], pids, lost)
+    return Collapsed(raw.all_frames_collapsed(stacks), seen[0], pids, lost, stacks)
 
 
 # --- outputs -------------------------------------------------------------------------------------
@@ -273,56 +285,155 @@ def script_collapse(perf: str, data: Path, *, inline: bool = False) -> Collapsed
 FILTERS = {None: "", True: ".python-only", False: ".no-python"}
 
 
-def top_table(counts: Dict[str, int], limit: int = 15) -> str:
-    top = ps.python_top(counts)
-    if top.total_samples == 0:
+@dataclass
+class Report:
+    """What finish() drew, for the summary."""
+
+    written: List[Path]
+    table: str
+    #: Every frame as perf named it (stacks.collapsed).
+    counts: Dict[str, int]
+    samples: int
+    #: Samples with at least one Python frame.
+    python_samples: int
+    cut_short: int
+
+
+def top_table(stacks: Sequence[fold.ViewStack], limit: int = 15) -> str:
+    """The Python functions that cost the most: self = the innermost Python frame of a sample,
+    total = anywhere on its stack (once per sample). Each row names the function, then where it
+    is defined (`file:line`)."""
+    total_samples = sum(stack.count for stack in stacks)
+    if total_samples == 0:
         return "no samples\n"
-    pct = 100.0 / top.total_samples
-    rows = top.rows(limit)
-    lines = [f"Python functions, by self time ({top.total_samples:,} samples; self = the innermost "
+    self_samples: Dict[fold.ViewFrame, int] = {}
+    total: Dict[fold.ViewFrame, int] = {}
+    without = 0
+    for stack in stacks:
+        python = [f for f in stack.frames if f.kind == fold.PYTHON]
+        if not python:
+            without += stack.count
+            continue
+        self_samples[python[-1]] = self_samples.get(python[-1], 0) + stack.count
+        for frame in set(python):
+            total[frame] = total.get(frame, 0) + stack.count
+    pct = 100.0 / total_samples
+    rows = sorted(total, key=lambda f: (-self_samples.get(f, 0), -total[f], f.label, f.file))[:limit]
+    lines = [f"Python functions, by self time ({total_samples:,} samples; self = the innermost "
              f"Python frame of a sample, total = anywhere on its stack):",
-             f"{'self':>8} {'total':>8}  function"]
-    for name, self_count, total_count in rows:
-        lines.append(f"{self_count * pct:7.2f}% {total_count * pct:7.2f}%  {name}")
+             f"{'self':>8} {'total':>8}  function  file:line"]
+    for frame in rows:
+        where = f"{frame.file}:{frame.line}" if frame.line else frame.file
+        lines.append(f"{self_samples.get(frame, 0) * pct:7.2f}% {total[frame] * pct:7.2f}%  "
+                     f"{frame.function}  {where}".rstrip())
     if not rows:
         lines.append("    (no Python frame in any sample: was perftramp enabled in the program?)")
-    elif len(top.total) > len(rows):
-        lines.append(f"    ... {len(top.total) - len(rows)} more (--top N)")
-    if top.without_python:
-        lines.append(f"{top.without_python * pct:7.2f}% of samples have no Python frame "
+    elif len(total) > len(rows):
+        lines.append(f"    ... {len(total) - len(rows)} more (--top N)")
+    if without:
+        lines.append(f"{without * pct:7.2f}% of samples have no Python frame "
                      f"(interpreter start-up and exit, other processes, native threads)")
     return "\n".join(lines) + "\n"
 
 
-def render(directory: Path, counts: Dict[str, int], *, python: Optional[bool], title: str,
-           subtitle: str, limit: int) -> Tuple[List[Path], str]:
-    """Writes the (filtered) collapsed stacks, SVG and table into `directory`; returns the
-    paths written and the table. The table always counts all frames (filters change only
-    the drawing)."""
+_SVG_TITLE = re.compile(r"<title>(.*?) \(([\d,]+ samples?, [\d.]+%)\)</title>")
+
+
+# inferno's script labels a box with its <title> minus the trailing "(N samples, P%)"; with a
+# detail line after that, it must take the first line only.
+_LABEL_JS = 'find_child(e, "title").textContent.replace('
+_LABEL_JS_FIRST_LINE = 'find_child(e, "title").textContent.split("\\n")[0].replace('
+
+
+def add_details(svg: str, details: Dict[str, str]) -> str:
+    """Adds each frame's detail (its file, or DSO) to its tooltip, on a line of its own after
+    inferno's `name (N samples, P%)`. Left as it is when inferno's script is not the one this
+    was written for (its boxes would show the detail)."""
+    import html
+
+    if svg.count(_LABEL_JS) != 2:
+        return svg
+    svg = svg.replace(_LABEL_JS, _LABEL_JS_FIRST_LINE)
+
+    def replace(match: "re.Match[str]") -> str:
+        detail = details.get(html.unescape(match.group(1)))
+        if not detail:
+            return match.group(0)
+        return f"<title>{match.group(1)} ({match.group(2)})\n{html.escape(detail, quote=False)}</title>"
+
+    return _SVG_TITLE.sub(replace, svg)
+
+
+def render_filtered(directory: Path, counts: Dict[str, int], *, python: bool, title: str,
+                    subtitle: str) -> List[Path]:
+    """--python-only / --no-python: the perf-named stacks with only (or without) Python frames."""
     from ._perftramp import render_flamegraph
 
     suffix = FILTERS[python]
     shown = ps.filter_collapsed(counts, python=python)
     if not shown:
-        raise CliError("no samples to draw" + (" after filtering" if python is not None else "")
-                       + ": the program ran too briefly (raise -F or run it longer), or perf "
-                         "recorded nothing")
-    written: List[Path] = []
-    if suffix:
-        path = directory / f"stacks{suffix}.collapsed"
-        _write(path, ps.format_collapsed(shown))
-        written.append(path)
-    if suffix:
-        subtitle = f"{subtitle}; {'only Python frames' if python else 'Python frames hidden'}"
-    svg = render_flamegraph(ps.format_collapsed(shown), title, subtitle)
+        raise CliError("no samples to draw after filtering: the program ran too briefly (raise -F "
+                       "or run it longer), or perf recorded nothing")
+    path = directory / f"stacks{suffix}.collapsed"
+    _write(path, ps.format_collapsed(shown))
+    subtitle = f"{subtitle}; {'only Python frames' if python else 'Python frames hidden'}"
     svg_path = directory / f"flamegraph{suffix}.svg"
-    _write(svg_path, svg)
-    written.append(svg_path)
-    table = top_table(counts, limit)
-    top_path = directory / f"top{suffix}.txt"
-    _write(top_path, table)
-    written.append(top_path)
-    return written, table
+    _write(svg_path, render_flamegraph(ps.format_collapsed(shown), title, subtitle))
+    return [path, svg_path]
+
+
+def render_view(directory: Path, stacks: Sequence[fold.ViewStack], *, all_frames: bool,
+                title: str, subtitle: str) -> Path:
+    """The flamegraph of a view: an icicle graph (processes at the top, so the first screen
+    shows the widest boxes), frames coloured by kind, each tooltip saying where the frame is."""
+    from ._perftramp import render_flamegraph
+
+    counts, kinds, details = fold.collapsed_lines(stacks)
+    if not counts:
+        raise CliError("no samples to draw: the program ran too briefly (raise -F or run it "
+                       "longer), or perf recorded nothing")
+    view = ("every frame as perf recorded it" if all_frames else
+            "Python view: CPython's call machinery folded (--native all shows every frame)")
+    svg = render_flamegraph(ps.format_collapsed(counts), title, f"{subtitle}; {view}",
+                            kinds=kinds, inverted=True)
+    path = directory / (ALL_FRAMES_SVG if all_frames else SVG)
+    _write(path, add_details(svg, details))
+    return path
+
+
+def export(stacks: Sequence[fold.ViewStack], fmt: str, path: Path, *, meta: Dict[str, object],
+           title: str) -> Path:
+    """Writes the view in an exchange format (pprof, speedscope, gecko) to `path`."""
+    frequency = meta.get("frequency")
+    hz = frequency if isinstance(frequency, int) and frequency > 0 else 999
+    if fmt == "pprof":
+        from ._export_pprof import pprof_bytes
+
+        data = pprof_bytes(stacks, frequency_hz=hz, comment=title)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    elif fmt == "speedscope":
+        from ._export_speedscope import speedscope_json
+
+        _write(path, speedscope_json(stacks, frequency_hz=hz, name=title,
+                                     exporter=f"perftramp {_version()}"))
+    elif fmt == "gecko":
+        from ._export_gecko import gecko_json
+
+        _write(path, gecko_json(stacks, frequency_hz=hz, product=title))
+    else:
+        raise CliError(f"unknown format {fmt!r} (pprof, speedscope, gecko)", 2)
+    return path
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("perftramp")
+    except Exception:  # noqa: BLE001 - only a label in the file
+        return "unknown"
 
 
 def _write(path: Path, text: str) -> None:
@@ -358,46 +469,75 @@ def data_file(directory: Path) -> Path:
                    f"(python -m perftramp record -o {directory} -- python app.py)")
 
 
-def finish(perf: Optional[str], directory: Path, *, rescan: bool, python: Optional[bool],
-           limit: int, inline: bool = False,
-           title: Optional[str] = None) -> Tuple[List[Path], str, Dict[str, int]]:
-    """What `record` does after perf stops and what `report` does: collapsed stacks (from
-    perf data, injecting jitdumps first when needed, or from an earlier stacks.collapsed),
-    then the SVG and the table."""
-    meta = read_meta(directory)
+def load_stacks(perf: Optional[str], directory: Path, *, rescan: bool, inline: bool,
+                meta: Dict[str, object]) -> Tuple[raw.RawStacks, List[Path]]:
+    """The recording's samples: from stacks.raw (or an older recording's stacks.collapsed), or
+    from perf data (injecting jitdumps first when needed), writing stacks.raw and
+    stacks.collapsed."""
+    raw_path = directory / RAW
     collapsed_path = directory / COLLAPSED
-    written: List[Path] = []
-    if collapsed_path.is_file() and not rescan:
+    if not rescan and raw_path.is_file():
+        return raw.read_raw(raw_path), []
+    has_data = (directory / PERF_DATA).is_file() or (directory / JIT_DATA).is_file()
+    if not rescan and collapsed_path.is_file() and not has_data:
         counts = ps.parse_collapsed(collapsed_path.read_text(encoding="utf-8", errors="replace"))
-    else:
-        if perf is None:
-            perf = find_perf()
-        data = directory / PERF_DATA
-        jit_data = directory / JIT_DATA
-        listed = meta.get("jit_dirs")
-        dirs = [Path(d) for d in listed if isinstance(d, str)] if isinstance(listed, list) else []
-        dirs = dirs or [directory / JIT_DIR]
-        dumps = jit_dumps(dirs, _pids(meta))
-        if dumps and data.is_file() and not jit_data.is_file():
-            inject(perf, data, jit_data, dumps)
-        source = data_file(directory)
-        gone = [pid for pid in _recorded_pids(meta) if not Path(f"/tmp/perf-{pid}.map").exists()]
-        if meta.get("mode") == "map" and gone:
-            say(f"/tmp/perf-{gone[0]}.map is gone: perf can no longer name the Python frames of "
-                f"process {gone[0]} (report without --rescan reuses {COLLAPSED})")
-        result = script_collapse(perf, source, inline=inline)
-        counts = result.counts
-        written.append(write_collapsed(directory, counts))
-        meta["pids"] = sorted(result.pids)
-        meta["lost_chunks"] = result.lost_chunks
-        if meta:
-            write_meta(directory, meta)
+        return raw.from_collapsed(counts), []
+    if perf is None:
+        perf = find_perf()
+    data = directory / PERF_DATA
+    jit_data = directory / JIT_DATA
+    listed = meta.get("jit_dirs")
+    dirs = [Path(d) for d in listed if isinstance(d, str)] if isinstance(listed, list) else []
+    dirs = dirs or [directory / JIT_DIR]
+    dumps = jit_dumps(dirs, _pids(meta))
+    if dumps and data.is_file() and not jit_data.is_file():
+        inject(perf, data, jit_data, dumps)
+    source = data_file(directory)
+    gone = [pid for pid in _recorded_pids(meta) if not Path(f"/tmp/perf-{pid}.map").exists()]
+    if meta.get("mode") == "map" and gone:
+        say(f"/tmp/perf-{gone[0]}.map is gone: perf can no longer name the Python frames of "
+            f"process {gone[0]} (report without --rescan reuses {RAW})")
+    result = script_collapse(perf, source, inline=inline)
+    assert result.stacks is not None
+    raw.write_raw(raw_path, result.stacks)
+    written = [write_collapsed(directory, result.counts), raw_path]
+    meta["pids"] = sorted(result.pids)
+    meta["lost_chunks"] = result.lost_chunks
+    write_meta(directory, meta)
+    return result.stacks, written
+
+
+def finish(perf: Optional[str], directory: Path, *, rescan: bool, python: Optional[bool],
+           limit: int, inline: bool = False, title: Optional[str] = None,
+           all_frames: bool = False) -> Report:
+    """What `record` does after perf stops and what `report` does: the samples (see
+    load_stacks), then the flamegraph of the Python view (or of every frame, or filtered) and
+    the table."""
+    meta = read_meta(directory)
+    stacks, written = load_stacks(perf, directory, rescan=rescan, inline=inline, meta=meta)
+    counts = raw.all_frames_collapsed(stacks)
     if title is None:
         command = meta.get("command")
         title = f"perftramp: {' '.join(command)}" if isinstance(command, list) else f"perftramp: {directory}"
     subtitle = str(meta.get("summary") or f"{sum(counts.values()):,} samples")
-    paths, table = render(directory, counts, python=python, title=title, subtitle=subtitle, limit=limit)
-    return written + paths, table, counts
+    with Progress("drawing the flamegraph"):
+        python_view = fold.python_view(stacks)
+        if python is not None:
+            written += render_filtered(directory, counts, python=python, title=title, subtitle=subtitle)
+        elif all_frames:
+            written.append(render_view(directory, fold.python_view(stacks, all_frames=True),
+                                       all_frames=True, title=title, subtitle=subtitle))
+        else:
+            written.append(render_view(directory, python_view, all_frames=False, title=title,
+                                       subtitle=subtitle))
+    table = top_table(python_view, limit)
+    top_path = directory / f"top{FILTERS[python]}.txt"
+    _write(top_path, table)
+    written.append(top_path)
+    samples = sum(s.count for s in python_view)
+    with_python = sum(s.count for s in python_view if any(f.kind == fold.PYTHON for f in s.frames))
+    cut = sum(s.count for s in python_view if s.frames and s.frames[0].kind == fold.MARKER)
+    return Report(written, table, counts, samples, with_python, cut)
 
 
 def _recorded_pids(meta: Dict[str, object]) -> List[int]:

@@ -3,7 +3,8 @@
     python -m perftramp record [-o DIR] [--mode auto|map|jit] [-F HZ] [--force] -- CMD [ARGS...]
     python -m perftramp record --pid PID [--duration S] [-o DIR]
     python -m perftramp toggle PID [--signal USR2]
-    python -m perftramp report DIR [--python-only | --no-python] [--top N]
+    python -m perftramp report DIR [--native all] [--format pprof|speedscope|gecko [-o FILE]]
+                              [--python-only | --no-python] [--top N]
     python -m perftramp doctor
 
 Messages go to stderr (the recorded program owns stdout); the table of Python functions goes to
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--signal", metavar="SIG",
                         help="with --pid: the toggle signal (default: the process's "
                              "PERFTRAMP_SIGNAL, else USR2)")
+    record.add_argument("--keep-tmp", action="store_true",
+                        help="with --pid: leave the jitted-*.so files perf inject writes next to "
+                             "the process's jitdump (default: moved into DIR/jit)")
     _report_options(record)
     record.add_argument("--perf-args", default="", metavar="ARGS",
                         help="extra perf record options, e.g. --perf-args='-m 64'")
@@ -88,7 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--no-python", action="store_true",
                        help="hide Python frames (native and kernel only): writes flamegraph.no-python.svg")
     report.add_argument("--rescan", action="store_true",
-                        help="read perf.data (perf.jit.data) again instead of stacks.collapsed")
+                        help="read perf.data (perf.jit.data) again instead of stacks.raw")
+    report.add_argument("--format", choices=("svg", "pprof", "speedscope", "gecko"), default="svg",
+                        help="svg (default): flamegraph.svg and top.txt; pprof: gzipped "
+                             "profile.proto (go tool pprof, Pyroscope, Parca, Grafana, Cloud "
+                             "Profiler); speedscope; gecko (Firefox Profiler)")
+    report.add_argument("-o", "--output", type=Path, metavar="FILE",
+                        help="with --format: the file to write (default: DIR/profile.pb.gz, "
+                             "DIR/profile.speedscope.json, DIR/profile.gecko.json)")
     _report_options(report)
 
     toggle = sub.add_parser(
@@ -107,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _report_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--native", choices=("python", "all"), default="python",
+                        help="python (default): the Python view, one row per Python call, "
+                             "CPython's call machinery folded, other native frames kept; all: "
+                             "every frame as perf recorded it (flamegraph.all-frames.svg)")
     parser.add_argument("--top", type=_positive_int, default=15, metavar="N",
                         help="rows of the table of Python functions (default 15)")
     parser.add_argument("--inline", action="store_true",
@@ -142,14 +157,18 @@ def cmd_record(opts: argparse.Namespace, command: List[str]) -> int:
         return _live.record_pid(perf, opts.pid, duration=opts.duration, output=output,
                                 force=opts.force, frequency=opts.frequency,
                                 requested_signal=opts.signal, top=opts.top, inline=opts.inline,
-                                perf_args=perf_args)
+                                perf_args=perf_args, all_frames=opts.native == "all",
+                                keep_tmp=opts.keep_tmp)
+    if opts.keep_tmp:
+        raise CliError("--keep-tmp applies to --pid only (a command's files go to DIR/jit)", 2)
     if not command:
         raise CliError("record needs a command: python -m perftramp record -- python app.py "
                        "(or --pid PID)", 2)
     perf = _report.find_perf()
     return _record.record_command(perf, command, output=output, mode=opts.mode,
                                   frequency=opts.frequency, force=opts.force, top=opts.top,
-                                  inline=opts.inline, perf_args=perf_args)
+                                  inline=opts.inline, perf_args=perf_args,
+                                  all_frames=opts.native == "all")
 
 
 def cmd_report(opts: argparse.Namespace) -> int:
@@ -160,14 +179,46 @@ def cmd_report(opts: argparse.Namespace) -> int:
         raise CliError(f"{directory} is not a directory (record into it first: python -m "
                        f"perftramp record -o {directory} -- python app.py)", 2)
     python = True if opts.python_only else False if opts.no_python else None
+    all_frames = opts.native == "all"
+    if opts.format != "svg":
+        if python is not None:
+            raise CliError("--python-only/--no-python apply to the SVG; --format exports the "
+                           "Python view (or, with --native all, every frame)", 2)
+        return _export(opts, directory, all_frames)
+    if opts.output is not None:
+        raise CliError("-o FILE goes with --format pprof|speedscope|gecko (the SVG is written "
+                       "into DIR)", 2)
     try:
-        written, table, _ = _report.finish(None, directory, rescan=opts.rescan, python=python,
-                                           limit=opts.top, inline=opts.inline)
+        report = _report.finish(None, directory, rescan=opts.rescan, python=python,
+                                limit=opts.top, inline=opts.inline, all_frames=all_frames)
     except KeyboardInterrupt:
         raise CliError("interrupted", 130) from None
-    sys.stdout.write(table)
+    sys.stdout.write(report.table)
     sys.stdout.flush()
-    _report.say("wrote " + ", ".join(str(p) for p in written))
+    _report.say("wrote " + ", ".join(str(p) for p in report.written))
+    return 0
+
+
+def _export(opts: argparse.Namespace, directory: Path, all_frames: bool) -> int:
+    from . import _folding, _report
+
+    meta = _report.read_meta(directory)
+    path = opts.output or directory / _report.EXPORTS[opts.format]
+    try:
+        stacks, _ = _report.load_stacks(None, directory, rescan=opts.rescan, inline=opts.inline,
+                                        meta=meta)
+        with _report.Progress(f"writing {opts.format}"):
+            view = _folding.python_view(stacks, all_frames=all_frames)
+            command = meta.get("command")
+            title = f"perftramp: {' '.join(command)}" if isinstance(command, list) else f"perftramp: {directory}"
+            _report.export(view, opts.format, path, meta=meta, title=title)
+    except KeyboardInterrupt:
+        raise CliError("interrupted", 130) from None
+    except OSError as err:
+        raise CliError(f"cannot write {path}: {err.strerror or err}") from None
+    samples = sum(s.count for s in view)
+    _report.say(f"wrote {path} ({opts.format}, {samples:,} samples, "
+                f"{path.stat().st_size / 1e6:,.2f} MB)")
     return 0
 
 

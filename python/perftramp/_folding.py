@@ -1,0 +1,264 @@
+"""The Python view: perf's stacks folded so that a Python call is one row.
+
+Between two Python frames perf records how CPython got from one to the other
+(`_PyEval_EvalFrameDefault`, `PyObject_Vectorcall`, `method_vectorcall`...): 3-4 rows per call.
+This module folds those away and keeps the native frames that are real work.
+
+The rules (built from what perf records on CPython 3.9-3.13 here: tests/test_folding.py and
+README "The Python view"):
+
+* A frame is *interpreter* when its DSO is the interpreter (`python3.X`, `libpython3.X*.so`) or
+  perftramp's extension (its hook frames); a frame in any other DSO is *native* (C extensions,
+  libc, mypyc/Cython modules), a `py::` frame *python*, a kernel frame *kernel*.
+* Below the outermost Python frame, interpreter frames and the process/thread entry points
+  (`_start`, `__libc_start_main`, `start_thread`, `clone3`) are dropped: they are the same for
+  every sample (`Py_BytesMain`, `pymain_run_python`, `run_mod`, `thread_run`...).
+* Between two Python frames, every interpreter frame is dropped: it is how CPython called the
+  next function (including a builtin that calls back into Python, e.g. `sorted(key=...)`).
+  Native frames there stay (a C extension calling back into Python).
+* Above the innermost Python frame, interpreter frames are the function running its bytecode
+  (the eval loop, allocation, integer arithmetic: its self time) until the first named piece
+  of CPython's own work (INTERPRETER_WORK: a builtin such as `sorted`, the garbage collector,
+  an import, compiling), which stays with what it calls, except the call machinery
+  (PLUMBING). Native frames there always stay (a C extension, libc, the kernel).
+* In stacks without a Python frame (start-up, code that ran before perftramp was on), only
+  the call machinery is dropped.
+* A stack that does not start at a process or thread entry point (or at least at the
+  interpreter running the main module or a thread) stopped unwinding early: it is put under
+  `[stack cut short]` instead of being drawn as if its outermost frame were a root.
+* Every stack starts with its process, `comm [pid N]`: forked workers never merge with the parent.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from ._labels import DefinitionLines, parse_python_symbol, python_label
+from ._rawstacks import RawStacks
+
+# `python3`, `python3.12`, `python3.13t`, `libpython3.12.so.1.0`, `libpython3.13d.so`.
+_INTERPRETER_DSO = re.compile(r"^(?:lib)?python\d+(?:\.\d+)*[a-z]*(?:\.so(?:\.[\d.]+)?)?$")
+
+#: Where every complete stack starts: the process's entry point or a thread's (glibc, musl).
+ENTRY_POINTS = frozenset({
+    "_start", "__libc_start_main", "__libc_start_call_main", "__libc_start_main@@GLIBC_2.34",
+    "__libc_start_main_impl", "start_thread", "clone", "clone3", "__clone", "__clone3",
+    "libc_start_main_stage2", "start", "thread_start",
+})
+
+#: CPython's call machinery: the frames between a Python frame and the work it does, which
+#: carry no information of their own. Names seen by perf on 3.9-3.13 here (3.9/3.10:
+#: `function_code_fastcall`, `_PyFunction_Vectorcall`, `call_function`, `_PyEval_EvalCode`;
+#: 3.11+: `_PyEval_Vector`, `_PyEvalFramePushAndInit`), and their families.
+PLUMBING = re.compile(
+    r"^(?:"
+    r"_?PyEval_EvalFrame(?:Default|Ex)?|_PyEval_EvalFrame|_PyEval_Vector|_PyEval_EvalCode(?:WithName)?"
+    r"|PyEval_EvalCode(?:Ex)?|_PyEvalFramePushAndInit|_PyEvalFrameClearAndPop"
+    r"|_?PyFunction_Vectorcall|function_code_fastcall|call_function|do_call_core"
+    r"|_?PyObject_Vectorcall(?:Tstate|Dict|Method)?|_?PyObject_VectorcallMethod\w*"
+    r"|PyVectorcall_Call|_PyVectorcall_Call|_PyObject_MakeTpCall|_?PyObject_Call\w*"
+    r"|_?PyObject_FastCall\w*|object_vacall|vectorcall_\w+|cfunction_vectorcall_\w+|cfunction_call"
+    r"|method_vectorcall\w*|slot_tp_call|slot_tp_\w+|vgetargs1_impl|type_call"
+    r"|_PyCFunction_FastCall\w*|_PyMethodDef_RawFastCall\w*|builtin___build_class__"
+    r"|partial_vectorcall|partial_call|thread_run|pythread_wrapper|t_bootstrap"
+    r"|_PyEval_EvalFrameDefault\.cold|[\w.]+\.(?:constprop|isra|part|cold)\.\d+_PyEval\w*"
+    r")$")
+
+#: CPython's own work worth a box above a Python function: builtins (`sorted`, `exec`...), the
+#: garbage collector, imports, compiling. Other interpreter frames there (allocation, integer
+#: arithmetic, dict lookups) are the function running its bytecode: its self time.
+INTERPRETER_WORK = re.compile(
+    r"^(?:builtin_\w+|gc_collect\w*|_?PyGC_Collect\w*|_Py_RunGC|PyImport_\w+|_PyImport_\w+"
+    r"|PyMarshal_\w+|marshal_loads|Py_CompileString\w*|_PyAST_Compile|_PyPegen_run_parser\w*)$")
+
+#: The marker under which a stack that stopped unwinding early is drawn.
+CUT_SHORT = "[stack cut short]"
+
+# Kinds of frames (also the flamegraph's colours and the gecko categories).
+PYTHON, NATIVE, INTERPRETER, KERNEL, PROCESS, MARKER = (
+    "python", "native", "interpreter", "kernel", "process", "marker")
+
+
+@dataclass(frozen=True)
+class ViewFrame:
+    """A frame as the views and exporters show it."""
+
+    label: str
+    kind: str
+    #: The function: a qualname for Python frames, the symbol for native ones.
+    function: str
+    #: The source file of a Python frame, the DSO of a native one ("" when unknown).
+    file: str
+    #: The definition line of a Python function (0 when unknown).
+    line: int = 0
+    #: The name perf recorded.
+    symbol: str = ""
+
+    @property
+    def detail(self) -> str:
+        """What the flamegraph's tooltip adds: where the frame is."""
+        if self.kind == PYTHON and self.file:
+            return f"{self.file}:{self.line}" if self.line else self.file
+        if self.kind in (NATIVE, INTERPRETER, KERNEL) and self.file:
+            return self.file
+        return ""
+
+
+@dataclass(frozen=True)
+class ViewStack:
+    pid: int
+    comm: str
+    #: Outermost first, without the process root (CUT_SHORT first when cut short).
+    frames: Tuple[ViewFrame, ...]
+    count: int
+
+    @property
+    def process(self) -> ViewFrame:
+        return process_frame(self.comm, self.pid)
+
+
+def process_frame(comm: str, pid: int) -> ViewFrame:
+    label = f"{comm} [pid {pid}]" if pid >= 0 else comm
+    return ViewFrame(label, PROCESS, comm, "", 0, label)
+
+
+def is_interpreter_dso(dso: str) -> bool:
+    base = dso.rsplit("/", 1)[-1]
+    return bool(_INTERPRETER_DSO.match(base)) or base.startswith("_perftramp")
+
+
+def frame_kind(symbol: str, dso: str) -> str:
+    if symbol.startswith("py::"):
+        return PYTHON
+    if dso.startswith(("[kernel", "[guest.kernel")) or symbol.endswith("_[k]"):
+        return KERNEL
+    if is_interpreter_dso(dso) or (not dso and is_plumbing(symbol)):
+        return INTERPRETER  # no DSO: a recording from before stacks.raw, known by name only
+    return NATIVE
+
+
+def is_plumbing(symbol: str) -> bool:
+    return bool(PLUMBING.match(symbol))
+
+
+#: How CPython runs the main module or a thread's function: a stack whose outermost frames are
+#: only these (and other interpreter frames) lost nothing the Python view shows (perf's DWARF
+#: copy of 64 KiB often ends just short of `_start` on deep stacks).
+_RUNS_MAIN = re.compile(r"^(?:run_mod|run_eval_code_obj|pymain_run_\w+|Py_RunMain|Py_BytesMain"
+                        r"|_?PyRun_\w+|thread_run|t_bootstrap|pythread_wrapper)(?:\.\w+\.\d+)?$")
+
+
+def is_complete(frames: Tuple[Tuple[str, str], ...]) -> bool:
+    """Whether a stack (outermost first) reaches an entry point, or the way CPython runs the main
+    module or a thread: else unwinding stopped early. A kernel-only stack (a kernel thread, or
+    an idle task) is complete."""
+    if not frames:
+        return True
+    if frames[0][0] in ENTRY_POINTS:
+        return True
+    kinds = [frame_kind(symbol, dso) for symbol, dso in frames]
+    if PYTHON in kinds:
+        below = frames[:kinds.index(PYTHON)]
+        return (all(kind == INTERPRETER for kind in kinds[:len(below)])
+                and any(_RUNS_MAIN.match(symbol) for symbol, _ in below))
+    return all(kind == KERNEL for kind in kinds)
+
+
+def fold_frames(frames: Tuple[Tuple[str, str], ...]) -> List[Tuple[str, str, str]]:
+    """The Python view of one stack (outermost first): (symbol, dso, kind) of the kept frames."""
+    kinds = [frame_kind(symbol, dso) for symbol, dso in frames]
+    python = [i for i, kind in enumerate(kinds) if kind == PYTHON]
+    last = python[-1] if python else -1
+    # Above the innermost Python frame, CPython's work from its first named entry on (a builtin,
+    # the collector, an import) stays; before that it is the function's own bytecode.
+    work = next((i for i in range(last + 1, len(frames))
+                 if kinds[i] == INTERPRETER and INTERPRETER_WORK.match(frames[i][0])), len(frames))
+    kept: List[Tuple[str, str, str]] = []
+    for index, ((symbol, dso), kind) in enumerate(zip(frames, kinds)):
+        if symbol in ENTRY_POINTS:
+            continue
+        if kind == INTERPRETER:
+            if python and index < work:
+                continue  # how CPython got there, or the function's own bytecode
+            if is_plumbing(symbol) or is_perftramp(dso):
+                continue  # elsewhere only the call machinery goes
+        kept.append((symbol, dso, kind))
+    return kept
+
+
+def is_perftramp(dso: str) -> bool:
+    return dso.rsplit("/", 1)[-1].startswith("_perftramp")
+
+
+class Labeller:
+    """ViewFrames for raw frames, definition lines read once per source file."""
+
+    def __init__(self, lines: Optional[DefinitionLines] = None) -> None:
+        self.lines = lines or DefinitionLines()
+        self._cache: Dict[Tuple[str, str, str], ViewFrame] = {}
+
+    def frame(self, symbol: str, dso: str, kind: str) -> ViewFrame:
+        key = (symbol, dso, kind)
+        found = self._cache.get(key)
+        if found is not None:
+            return found
+        if kind == PYTHON:
+            qualname, filename = parse_python_symbol(symbol) or (symbol, "")
+            line = self.lines.line_of(filename, qualname) or 0
+            frame = ViewFrame(python_label(qualname, filename, line), PYTHON, qualname, filename,
+                              line, symbol)
+        else:
+            name = symbol[:-4] if symbol.endswith("_[k]") else symbol
+            if name in ("[unknown]", "") and dso not in ("[unknown]", ""):
+                base = dso.rsplit("/", 1)[-1]
+                name = base if base.startswith("[") else f"[{base}]"
+            frame = ViewFrame(name.replace(";", ":"), kind, name, dso, 0, symbol)
+        self._cache[key] = frame
+        return frame
+
+
+_CUT = ViewFrame(CUT_SHORT, MARKER, CUT_SHORT, "", 0, CUT_SHORT)
+
+
+def python_view(stacks: RawStacks, *, labeller: Optional[Labeller] = None,
+                all_frames: bool = False) -> List[ViewStack]:
+    """The stacks as the views show them: folded (the Python view), or with `all_frames` every
+    frame as perf recorded it; in both, one root per process and cut-short stacks marked."""
+    labeller = labeller or Labeller()
+    merged: Dict[Tuple[int, str, Tuple[ViewFrame, ...]], int] = {}
+    for (comm, pid, frames), count in stacks.items():
+        if all_frames:
+            kept = [(s, d, frame_kind(s, d)) for s, d in frames]
+            view = tuple(ViewFrame(_perf_name(s, d), k, s, d, 0, s) for s, d, k in kept)
+        else:
+            view = tuple(labeller.frame(s, d, k) for s, d, k in fold_frames(frames))
+        if not is_complete(frames):
+            view = (_CUT,) + view
+        key = (pid, comm, view)
+        merged[key] = merged.get(key, 0) + count
+    return [ViewStack(pid, comm, frames, count) for (pid, comm, frames), count in merged.items()]
+
+
+def _perf_name(symbol: str, dso: str) -> str:
+    from ._perfscript import frame_name
+
+    return frame_name(symbol, dso)
+
+
+def collapsed_lines(stacks: Iterable[ViewStack]) -> Tuple[Dict[str, int], Dict[str, str], Dict[str, str]]:
+    """Collapsed stacks (process root first) of a view, with the kind and the tooltip detail of
+    each label."""
+    counts: Dict[str, int] = {}
+    kinds: Dict[str, str] = {}
+    details: Dict[str, str] = {}
+    for stack in stacks:
+        frames = (stack.process,) + stack.frames
+        for frame in frames:
+            kinds.setdefault(frame.label, frame.kind)
+            if frame.detail:
+                details.setdefault(frame.label, frame.detail)
+        key = ";".join(frame.label.replace(";", ":") for frame in frames)
+        counts[key] = counts.get(key, 0) + stack.count
+    return counts, kinds, details
