@@ -83,6 +83,26 @@ fi
 total_passed=$rust_passed total_failed=$rust_failed total_skipped=0
 declare -a report=("rust: $rust_passed passed, $rust_failed failed")
 mkdir -p "$root/.venvs" "$root/target/pytest"
+# Release artifacts, tested as users install them: the first interpreter gets the manylinux wheel
+# (built and audited by scripts/build-wheels.sh, installed with --no-index into a fresh venv where
+# cargo and rustc do not exist), the second the sdist; the others install from the source tree.
+dist="$root/target/dist-ci"
+rm -rf "$dist"; mkdir -p "$dist"
+wheel_built=0
+echo "== Release artifacts (scripts/build-wheels.sh, $first)"
+if PERFTRAMP_PYTHONS="$first" PERFTRAMP_SID_WHEELS=0 bash scripts/build-wheels.sh "$dist"; then
+    wheel_built=1
+else
+    echo "test.sh: building or checking the wheel and sdist failed" >&2
+    total_failed=$((total_failed + 1)); report+=("wheel/sdist: BUILD OR CHECK FAILED")
+fi
+no_rust="$root/target/no-rust-bin"
+mkdir -p "$no_rust"
+for tool in cargo rustc rustup; do
+    printf '#!/bin/sh\necho "%s: not available here (testing an install without Rust)" >&2\nexit 127\n' "$tool" >"$no_rust/$tool"
+    chmod +x "$no_rust/$tool"
+done
+
 index=0
 for py in "${pythons[@]}"; do
     tag=$("$py" -c 'import sys, sysconfig; fp = "-fp" if "-fno-omit-frame-pointer" in (sysconfig.get_config_var("CFLAGS") or "") else ""; print(f"{sys.version_info[0]}.{sys.version_info[1]}.{sys.version_info[2]}{fp}")')
@@ -91,14 +111,30 @@ for py in "${pythons[@]}"; do
     [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
     "$venv/bin/python" -m pip install -q pytest flake8  # flake8: a real forking program (tests/test_fork_third_party.py)
-    if ! "$venv/bin/python" -m pip install -q --force-reinstall --no-deps "$root"; then
-        echo "test.sh: building perftramp for $tag failed" >&2
-        total_failed=$((total_failed + 1)); report+=("$tag: BUILD FAILED"); continue
+    source_label="source tree"
+    install=(-m pip install -q --force-reinstall --no-deps "$root")
+    path_extra=""
+    if [ "$index" -eq 0 ] && [ "$wheel_built" = 1 ]; then
+        # A fresh venv, perftramp from the wheel alone, no Rust toolchain reachable.
+        rm -rf "$venv"; "$py" -m venv "$venv"
+        "$venv/bin/python" -m pip install -q pytest flake8
+        source_label="wheel $(cd "$dist" && ls perftramp-*.whl)"
+        install=(-m pip install -q --no-index --find-links "$dist" --only-binary perftramp perftramp)
+        path_extra="$no_rust"
+    elif [ "$index" -eq 1 ] && [ "$wheel_built" = 1 ]; then
+        source_label="sdist $(cd "$dist" && ls perftramp-*.tar.gz)"
+        install=(-m pip install -q --force-reinstall --no-deps "$(ls "$dist"/perftramp-*.tar.gz)")
+    fi
+    echo "-- perftramp from the $source_label"
+    if ! env PATH="${path_extra:+$path_extra:}$PATH" "$venv/bin/python" "${install[@]}"; then
+        echo "test.sh: installing perftramp for $tag from the $source_label failed" >&2
+        total_failed=$((total_failed + 1)); report+=("$tag: INSTALL FAILED ($source_label)"); continue
     fi
     xml="$root/target/pytest/$tag.xml"
     env_extra=()
     [ "$index" -gt 0 ] && env_extra+=(PERFTRAMP_SKIP_ONCE=1)
     [ "$py" = "$fp_python" ] && env_extra+=(PERFTRAMP_EXPECT_FP=1)
+    [ -n "$path_extra" ] && env_extra+=(PATH="$path_extra:$PATH")
     set +e
     (cd "$root" && env "${env_extra[@]}" PERFTRAMP_REQUIRE_PERF=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider \
         --junitxml="$xml" -o junit_family=xunit2 "$@" tests)
