@@ -193,6 +193,10 @@ if [ "${PERFTRAMP_NO_SID:-0}" != 1 ]; then
     else
         rm -rf "$sid_src"; mkdir -p "$sid_src/target/pytest"
         tar -C "$root" --exclude=./target --exclude=./.venvs --exclude=./.git -cf - . | tar -C "$sid_src" -xf -
+        # The live jitdump reader built on the host runs in the chroot too (a newer glibc there).
+        if [ -n "${PERFTRAMP_JITDUMP_FOLLOWER:-}" ]; then
+            cp "$PERFTRAMP_JITDUMP_FOLLOWER" "$sid_src/target/jitdump_follow"
+        fi
         sid_perf=$(in_sid perf version | awk '{print $3}')
         host_perf=$(in_sid /opt/hostperf/bin/perf version | awk '{print $3}')
         for v in ${SID_PYTHONS:-3.14 3.15}; do
@@ -200,14 +204,15 @@ if [ "${PERFTRAMP_NO_SID:-0}" != 1 ]; then
             tag="$(in_sid "python$v" -c 'import sys; print(sys.version.split()[0])' || echo "$v")-sid"
             echo "== CPython $tag (sid chroot, $venv)"
             [ -x "$sid_root$venv/bin/python" ] || in_sid "python$v" -m venv "$venv"
-            in_sid "$venv/bin/python" -m pip install -q pytest
+            in_sid "$venv/bin/python" -m pip install -q pytest flake8
             # A per-version cargo target under /tmp: rebuilds only what changed.
             if ! in_sid env CARGO_TARGET_DIR="/tmp/perftramp-ci-target-$v" "$venv/bin/python" -m pip install \
                     -q --force-reinstall --no-deps "$sid_src"; then
                 echo "test.sh: building perftramp for $tag failed" >&2
                 total_failed=$((total_failed + 1)); report+=("$tag: BUILD FAILED"); continue
             fi
-            env_extra=(PERFTRAMP_SKIP_ONCE=1 PERFTRAMP_REQUIRE_PERF=1)
+            env_extra=(PERFTRAMP_SKIP_ONCE=1 PERFTRAMP_REQUIRE_PERF=1
+                       PERFTRAMP_JITDUMP_FOLLOWER="$sid_src/target/jitdump_follow")
             # 3.15 builds keep frame pointers by default: the fp tests must run, not skip.
             case $v in 3.14) ;; *) env_extra+=(PERFTRAMP_EXPECT_FP=1) ;; esac
             xml="target/pytest/$tag-perf$sid_perf.xml"
