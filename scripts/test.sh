@@ -200,7 +200,7 @@ if [ "${PERFTRAMP_NO_SID:-0}" != 1 ]; then
         sid_perf=$(in_sid perf version | awk '{print $3}')
         host_perf=$(in_sid /opt/hostperf/bin/perf version | awk '{print $3}')
         for v in ${SID_PYTHONS:-3.14 3.15}; do
-            venv=/opt/venvs/py$v
+            venv=/opt/venvs/perftramp-ci-py$v  # not the dev venvs sid-pythons.sh makes
             tag="$(in_sid "python$v" -c 'import sys; print(sys.version.split()[0])' || echo "$v")-sid"
             echo "== CPython $tag (sid chroot, $venv)"
             [ -x "$sid_root$venv/bin/python" ] || in_sid "python$v" -m venv "$venv"
