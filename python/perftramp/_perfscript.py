@@ -97,27 +97,9 @@ def frame_name(symbol: str, dso: str) -> str:
 def iter_stack_samples(lines: Iterable[str]) -> Iterator[StackSample]:
     """Stream `perf script` output (any `-F` that includes comm, pid, ip, sym and dso) into
     samples, without holding the whole text. Frames keep perf's names (offsets dropped)."""
-    current: Optional[StackSample] = None
-    for raw in lines:
-        line = raw.rstrip("\n")
-        if not line.strip():
-            if current is not None:
-                yield current
-            current = None
-        elif line[0] not in " \t":
-            if current is not None:
-                yield current
-            match = _HEADER_FIELDS.match(line) or _HEADER_DEFAULT.match(line)
-            if match:
-                current = StackSample(match.group("comm"), int(match.group("pid")))
-            else:
-                current = StackSample(line.strip(), None)
-        elif current is not None:
-            match = _STACK_FRAME.match(line) or _FRAME.match(line)
-            if match:
-                current.frames.append(frame_name(match.group(1), match.group(2)))
-    if current is not None:
-        yield current
+    for sample in iter_raw_samples(lines):
+        yield StackSample(sample.comm, sample.pid,
+                          [frame_name(symbol, dso) for symbol, dso in sample.frames])
 
 
 def collapse(samples: Iterable[StackSample], *, root_comm: bool = True) -> Dict[str, int]:
@@ -219,7 +201,8 @@ class RawSample:
 
 
 def iter_raw_samples(lines: Iterable[str]) -> Iterator[RawSample]:
-    """Like iter_stack_samples, keeping (symbol, dso) per frame instead of a display name."""
+    """Stream `perf script` output into samples keeping (symbol, dso) per frame, without holding
+    the whole text (iter_stack_samples gives display names instead)."""
     current: Optional[RawSample] = None
     for raw in lines:
         line = raw.rstrip("\n")
