@@ -2,21 +2,24 @@
 
 A process started with `PERFTRAMP_SIGNAL=USR2` (perftramp's start hook), or one that calls
 `perftramp.install_signal_toggle()`, turns perftramp on or off at each delivery of the signal,
-in the mode it chose (`PERFTRAMP_MODE`, default jit). Its state is not published, so it is
-inferred from the files it writes: `/tmp/perf-<pid>.map` and `jit-<pid>.dump` (mapped
-executable in the process while it lives, found through /proc/<pid>/maps)."""
+in the mode it chose (`PERFTRAMP_MODE`, default jit). A CPython 3.14+ process without the toggle
+is switched with sys.remote_exec instead (_remote.py). The state perftramp is in shows in
+/proc/<pid>/maps (its `perftramp-enabled` memfd); its files are `/tmp/perf-<pid>.map` and
+`jit-<pid>.dump` (mapped executable in the process while it lives)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from . import _perf
 from . import _record as rec
+from . import _remote
 from . import _report as rp
 from ._report import CliError, say
 
@@ -269,6 +272,10 @@ def record_pid(perf: str, pid: int, *, duration: float, output: Path, force: boo
                perf_args: List[str], all_frames: bool = False, keep_tmp: bool = False) -> int:
     check_process(pid)
     env = process_env(pid)
+    if _wants_remote_exec(pid, env, requested_signal):
+        return _record_pid_remote(perf, pid, env, duration=duration, output=output, force=force,
+                                  frequency=frequency, top=top, inline=inline,
+                                  perf_args=perf_args, all_frames=all_frames, keep_tmp=keep_tmp)
     signum = _validated_signal(pid, env, requested_signal)
     name = signal_name(signum)
     directory = rec.prepare_output_dir(output, force)
@@ -287,6 +294,88 @@ def record_pid(perf: str, pid: int, *, duration: float, output: Path, force: boo
     else:
         say(f"sent {name} to {pid}, but it wrote no perftramp file within 3 s: is its handler "
             f"perftramp's toggle? Recording anyway")
+    return _record_switched_on(perf, pid, env, after, directory, lambda: _turn_off(pid, signum, env),
+                               duration=duration, frequency=frequency, top=top, inline=inline,
+                               perf_args=perf_args, all_frames=all_frames, keep_tmp=keep_tmp)
+
+
+def _wants_remote_exec(pid: int, env: Dict[str, str], requested_signal: Optional[str]) -> bool:
+    """sys.remote_exec (3.14+) when the process has no toggle to signal: no signal asked for,
+    none declared in its environment, and no handler for the default one."""
+    if requested_signal or env.get("PERFTRAMP_SIGNAL"):
+        return False
+    version = _remote.python_version_of(pid)
+    if version is None or version < (3, 14):
+        return False
+    return catches(pid, signal.SIGUSR2) is not True or loads_perftramp(pid) is False
+
+
+def _record_pid_remote(perf: str, pid: int, env: Dict[str, str], *, duration: float, output: Path,
+                       force: bool, frequency: Optional[int], top: int, inline: bool,
+                       perf_args: List[str], all_frames: bool, keep_tmp: bool) -> int:
+    """record --pid for a process without the signal toggle, on CPython 3.14+: perftramp is
+    enabled in it with sys.remote_exec and disabled the same way at the end (unless it was on
+    already, which is left as found)."""
+    exe = exe_of(pid)
+    if exe is None or not os.path.exists(exe):
+        raise CliError(f"cannot find the interpreter of process {pid} (/proc/{pid}/exe): "
+                       f"sys.remote_exec needs it")
+    disabled = _remote.remote_debugging_disabled(env, cmdline(pid))
+    if disabled:
+        raise CliError(f"process {pid} does not allow remote execution: {disabled}. Restart it "
+                       f"with PERFTRAMP_SIGNAL=USR2 to use the signal toggle instead")
+    directory = rec.prepare_output_dir(output, force)
+    was_on = files_of(pid, env).enabled
+    fp = rec.has_frame_pointers(exe)
+    perf_info = _perf.inspect(perf)
+    if was_on:
+        # Started with PERFTRAMP=..., or turned on by its own code: record it as it is.
+        say(f"perftramp is already on in {pid} ({_describe(files_of(pid, env))}): recording it "
+            f"as it is, and leaving it on")
+        return _record_switched_on(
+            perf, pid, env, files_of(pid, env), directory,
+            lambda: f"perftramp was on in {pid} before this recording, and is left on",
+            duration=duration, frequency=frequency, top=top, inline=inline, perf_args=perf_args,
+            all_frames=all_frames, keep_tmp=keep_tmp)
+    session = _remote.RemoteSession(pid, exe)
+    jit_dir: Optional[Path] = None
+    try:
+        if fp:
+            action = _remote.enable_action("map", None)
+        else:
+            jit_dir = _perf.make_tmp_jitted_directory(f"pid{pid}") if perf_info.jit_needs_tmp_jitted \
+                else Path(tempfile.mkdtemp(prefix=f"perftramp-jit-{pid}-"))
+            if os.geteuid() == 0 and session.owner != 0:
+                os.chown(jit_dir, session.owner, -1)
+            action = _remote.enable_action("jit", str(jit_dir))
+        outcome = session.run(action, "turn perftramp on")
+        say(f"attached to {pid} with sys.remote_exec (it has no signal toggle): perftramp is on "
+            f"({outcome.files})")
+        after = files_of(pid, env)
+
+        def turn_off() -> str:
+            try:
+                off = session.run(_remote.DISABLE_ACTION, "turn perftramp off")
+            except CliError as err:
+                return f"{err}; perftramp may still be on in {pid}"
+            marker = files_of(pid, env).enabled
+            state = "OFF" if not off.on and marker is not True else "still ON"
+            return (f"perftramp is {state} in {pid} (turned off through sys.remote_exec; its "
+                    f"trampolines stay, unused)")
+
+        return _record_switched_on(perf, pid, env, after, directory, turn_off,
+                                   duration=duration, frequency=frequency, top=top,
+                                   inline=inline, perf_args=perf_args, all_frames=all_frames,
+                                   keep_tmp=keep_tmp)
+    finally:
+        session.close()
+
+
+def _record_switched_on(perf: str, pid: int, env: Dict[str, str], after: Files, directory: Path,
+                        turn_off: Callable[[], str], *, duration: float,
+                        frequency: Optional[int], top: int, inline: bool, perf_args: List[str],
+                        all_frames: bool, keep_tmp: bool) -> int:
+    """Records `pid` (perftramp on in it, writing `after`), turns it off, and draws."""
     declared = _MODES.get(env.get("PERFTRAMP_MODE", "jit").strip() or "jit", "jit")
     mode = "jit" if after.dump is not None else "map" if after.map_size is not None else declared
     exe = exe_of(pid)
@@ -324,7 +413,7 @@ def record_pid(perf: str, pid: int, *, duration: float, output: Path, force: boo
     try:
         run = rec.run_perf(perf_command, dict(os.environ), duration=duration)
     finally:
-        final = _turn_off(pid, signum, env)
+        final = turn_off()
     if not run.captured or not data.is_file():
         if run.interrupted:
             raise CliError("interrupted before perf recorded anything", 130)
