@@ -53,7 +53,6 @@ pub struct ElfImages {
 
 /// The image whose arena slots are being handed out.
 struct Image {
-    path: PathBuf,
     layout: Layout,
     /// Address of slot 0.
     text: usize,
@@ -173,7 +172,6 @@ impl ElfImages {
         let strtab = AppendFile::new(writer, path.clone(), Growth::Mapped { fill: 0 })?;
         let strtab_size = strtab.reserved_end() - layout.strtab_offset as u64;
         Ok(Image {
-            path,
             text: code as usize + layout.text_offset,
             layout,
             meta: NonNull::new(meta.cast()).expect("mmap returned null"),
@@ -295,10 +293,8 @@ impl Sink for ElfImages {
     }
 
     fn failure(&self) -> Option<String> {
-        self.failure.clone().or_else(|| {
-            let image = self.current.as_ref()?;
-            image.strtab.failure().map(|f| format!("{f} ({})", image.path.display()))
-        })
+        // The writer's message names the image file.
+        self.failure.clone().or_else(|| Some(self.current.as_ref()?.strtab.failure()?.to_owned()))
     }
 
     /// The child's images go into a directory of its own, made when it first needs an arena.
