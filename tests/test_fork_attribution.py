@@ -48,7 +48,10 @@ def perf_major(perf: str) -> int:
 
 def call_graph(perf: str, mode: str) -> List[str]:
     """How each mode is recorded (as `record` does): map mode with frame pointers where the
-    interpreter has them, else DWARF stacks (innermost Python frame); jit modes DWARF + -k 1."""
+    interpreter has them, else DWARF stacks (innermost Python frame); jit modes DWARF + -k 1;
+    elf mode DWARF alone (perf reads the images)."""
+    if mode == "elf":
+        return ["--call-graph", "dwarf,16384"]
     if mode == "map":
         if FP:
             return ["--call-graph", "fp"]
@@ -68,7 +71,7 @@ def perf_env(mode: str, directory: Path, persist: bool) -> Dict[str, str]:
 
 def readable_data(perf: str, mode: str, data: Path) -> Path:
     """perf.data, or its jit-injected copy in jit modes."""
-    if mode == "map":
+    if mode in ("map", "elf"):
         return data
     injected = data.with_suffix(".jit.data")
     proc = subprocess.run([perf, "inject", "--jit", "-i", str(data), "-o", str(injected)],
@@ -124,14 +127,14 @@ def assert_named_truthfully(workers: Dict[int, Worker], what: str) -> None:
 
 
 @pytest.mark.parametrize("scenario", ["os_fork", "inherited", "pool", "c_fork"])
-@pytest.mark.parametrize("mode", ["map", "jit", "both"])
+@pytest.mark.parametrize("mode", ["map", "jit", "both", "elf"])
 def test_each_worker_is_named_by_its_own_functions(perf, tmp_path, mode, scenario):
     workers = run_scenario(perf, tmp_path, mode, False, scenario)
     assert_named_truthfully(workers, f"{mode} mode, {scenario}")
 
 
 @pytest.mark.parametrize("scenario", ["os_fork", "pool"])
-@pytest.mark.parametrize("mode", ["map", "jit"])
+@pytest.mark.parametrize("mode", ["map", "jit", "elf"])
 def test_persist_after_fork_keeps_workers_named_truthfully(perf, tmp_path, mode, scenario):
     workers = run_scenario(perf, tmp_path, mode, True, scenario)
     assert_named_truthfully(workers, f"{mode} mode, persist_after_fork, {scenario}")
@@ -162,12 +165,13 @@ os.waitpid(pid, 0)
 
 
 @pytest.mark.parametrize("persist", [False, True], ids=["default", "persist"])
-@pytest.mark.parametrize("mode", ["map", "jit"])
+@pytest.mark.parametrize("mode", ["map", "jit", "elf"])
 def test_persist_after_fork_names_inherited_code_for_perf_attached_to_the_child(
         perf, tmp_path, mode, persist):
     """What persist_after_fork buys: a perf session that starts after the fork (perf record -p
     CHILD) sees the inherited arenas as the child's own and names them from the child's files,
-    which describe inherited trampolines only with persist_after_fork."""
+    which describe inherited trampolines only with persist_after_fork. In elf mode the inherited
+    arenas are mappings of the parent's images, which name them: named either way."""
     script = tmp_path / "attach_later.py"
     script.write_text(ATTACH_LATER.format(workloads=str(WORKLOAD.parent)))
     env = perf_env(mode, tmp_path, persist)
@@ -191,7 +195,7 @@ def test_persist_after_fork_names_inherited_code_for_perf_attached_to_the_child(
     detail = f"{mode}, persist={persist}: {worker.own}/{worker.samples} samples name worker_spin_a"
     assert worker.samples >= 50, detail
     assert worker.foreign == 0, detail
-    if persist:
+    if persist or mode == "elf":
         assert worker.own_share >= 0.90, detail
     else:
         # Without it the child's files name only what the child made: perf, which never saw the
