@@ -51,8 +51,10 @@ const EHDR_SIZE: usize = 64;
 const PHDR_SIZE: usize = 56;
 const SHDR_SIZE: usize = 64;
 pub const SYM_SIZE: usize = 24;
-/// `st_info` of a used slot: a global function.
-pub const FUNC_INFO: u8 = (elf::STB_GLOBAL << 4) | elf::STT_FUNC;
+/// `st_info` of a used slot: a local function. Local, because every entry is: an unused slot's
+/// entry is all zeros (a local NOTYPE symbol), and ELF wants the locals first (`sh_info` = one
+/// past the last local); perf, samply and binutils read local functions like global ones.
+pub const FUNC_INFO: u8 = (elf::STB_LOCAL << 4) | elf::STT_FUNC;
 /// Offset of `st_info` in an `Elf64_Sym` (after the 4-byte `st_name`).
 pub const ST_INFO_OFFSET: usize = 4;
 /// Offset of `sh_size` in an `Elf64_Shdr`.
@@ -150,7 +152,7 @@ pub fn initial_image(arch: &Arch, slot_size: usize) -> (Layout, Vec<u8>) {
     crate::arena::fill_arena(arch, slot_size, &mut out[text_offset..text_offset + ARENA_SIZE]);
     put(&mut out, eh_frame_offset, &eh_frame);
     put(&mut out, eh_frame_hdr_offset, &eh_frame_hdr);
-    for (i, sh) in section_headers(&layout, symtab_len, 1).iter().enumerate() {
+    for (i, sh) in section_headers(&layout, slots + 1, 1).iter().enumerate() {
         put(&mut out, shdr_offset + i * SHDR_SIZE, bytes_of(sh));
     }
     put(&mut out, shstrtab_offset, SHSTRTAB_BYTES);
@@ -227,7 +229,8 @@ fn shname(name: &str) -> u32 {
     (at + 1) as u32
 }
 
-fn section_headers(l: &Layout, symtab_len: usize, strtab_len: usize) -> [elf::SectionHeader64<LE>; SECTIONS] {
+fn section_headers(l: &Layout, symbols: usize, strtab_len: usize) -> [elf::SectionHeader64<LE>; SECTIONS] {
+    let symtab_len = symbols * SYM_SIZE;
     let sh = |name: &str, sh_type, flags: u32, addr: bool, offset: usize, size: usize, link, info, align, entsize| {
         elf::SectionHeader64 {
             sh_name: U32::new(LE, shname(name)),
@@ -260,8 +263,8 @@ fn section_headers(l: &Layout, symtab_len: usize, strtab_len: usize) -> [elf::Se
         sh(".text", elf::SHT_PROGBITS, alloc | elf::SHF_EXECINSTR, true, l.text_offset, ARENA_SIZE, 0, 0, 16, 0),
         sh(".eh_frame", elf::SHT_PROGBITS, alloc, true, l.eh_frame_offset, l.eh_frame_len, 0, 0, 8, 0),
         sh(".eh_frame_hdr", elf::SHT_PROGBITS, alloc, true, l.eh_frame_hdr_offset, l.eh_frame_hdr_len, 0, 0, 4, 0),
-        // sh_info: index of the first non-local symbol; all slot symbols are global.
-        sh(".symtab", elf::SHT_SYMTAB, 0, false, l.symtab_offset, symtab_len, u32::from(STRTAB), 1, 8, SYM_SIZE as u64),
+        // sh_info: one past the last local symbol; all of them are local.
+        sh(".symtab", elf::SHT_SYMTAB, 0, false, l.symtab_offset, symtab_len, u32::from(STRTAB), symbols as u32, 8, SYM_SIZE as u64),
         sh(".strtab", elf::SHT_STRTAB, 0, false, l.strtab_offset, strtab_len, 0, 0, 1, 0),
         sh(".shstrtab", elf::SHT_STRTAB, 0, false, l.shstrtab_offset, SHSTRTAB_BYTES.len(), 0, 0, 1, 0),
     ]
@@ -277,6 +280,7 @@ mod tests {
     };
     use object::read::elf::{ElfFile64, FileHeader, ProgramHeader, SectionHeader, Sym};
     use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
+    use std::path::Path;
 
     /// An image with `used` slots named `py::f<i>:/t.py`, assembled as elf_sink does it.
     fn image_with_names(arch: &Arch, used: usize) -> (Layout, Vec<u8>) {
@@ -438,5 +442,77 @@ mod tests {
         let header = file.elf_header();
         assert_eq!(header.e_shoff(LE) as usize, layout.shdr_offset);
         assert!(header.e_shoff(LE) as usize >= layout.meta_offset);
+    }
+
+    /// The host's binutils for x86_64, the cross binutils for aarch64 (Debian's
+    /// binutils-aarch64-linux-gnu): an independent reader of headers, symbols, every FDE's
+    /// rules and the code. Skipped only where they are not installed, unless
+    /// PERFTRAMP_REQUIRE_BINUTILS=1.
+    #[test]
+    fn binutils_read_the_image_for_both_arches() {
+        let required = std::env::var("PERFTRAMP_REQUIRE_BINUTILS").as_deref() == Ok("1");
+        let dir = std::env::temp_dir().join(format!("perftramp-elfimage-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        for (arch, prefix, machine, disasm) in [
+            (&arch::x86_64::ARCH, "", "Advanced Micro Devices X86-64", &["push %rbp", "call *%rcx"][..]),
+            (&arch::aarch64::ARCH, "aarch64-linux-gnu-", "AArch64", &["stp x29, x30, [sp, #-16]!", "blr x3"][..]),
+        ] {
+            let readelf = format!("{prefix}readelf");
+            let objdump = format!("{prefix}objdump");
+            let run = |tool: &str, args: &[&str], path: &Path| -> Option<String> {
+                let out = std::process::Command::new(tool).args(args).arg(path).output().ok()?;
+                assert!(out.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert!(!stderr.to_lowercase().contains("warning"), "{tool} {args:?}: {stderr}");
+                Some(String::from_utf8_lossy(&out.stdout).into_owned())
+            };
+            let (layout, bytes) = image_with_names(arch, 3);
+            let path = dir.join(format!("{}.so", arch.name));
+            std::fs::write(&path, &bytes).unwrap();
+            let Some(headers) = run(&readelf, &["-h", "-l", "-S"], &path) else {
+                assert!(!required, "{readelf} is not installed");
+                eprintln!("skipped {}: {readelf} is not installed", arch.name);
+                continue;
+            };
+            assert!(headers.contains(machine), "{headers}");
+            assert!(headers.contains("GNU_EH_FRAME"), "{headers}");
+            let symbols = run(&readelf, &["-W", "-s"], &path).unwrap();
+            for i in 0..3 {
+                let line = symbols.lines().find(|l| l.ends_with(&format!("py::f{i}:/t.py"))).unwrap_or_else(|| panic!("{symbols}"));
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                assert_eq!(u64::from_str_radix(fields[1], 16).unwrap() as usize, layout.slot_offset(i), "{line}");
+                assert_eq!(fields[2].parse::<usize>().unwrap(), arch.code.len(), "{line}");
+                assert_eq!((fields[3], fields[4], fields[6]), ("FUNC", "LOCAL", "1"), "{line}");
+            }
+            let frames = run(&readelf, &["--debug-dump=frames-interp"], &path).unwrap();
+            assert_eq!(frames.matches(" FDE cie=").count(), layout.slots, "one FDE per slot");
+            // The rows of the first FDE, as binutils interprets them: one per arch row.
+            let first = frames.split(" FDE cie=").nth(1).unwrap();
+            let rows: Vec<&str> = first.lines().skip(2).take_while(|l| !l.trim().is_empty()).collect();
+            assert_eq!(rows.len(), arch.unwind.len(), "{first}");
+            for (row, want) in rows.iter().zip(arch.unwind) {
+                let fields: Vec<&str> = row.split_whitespace().collect();
+                let loc = u64::from_str_radix(fields[0], 16).unwrap() as usize;
+                assert_eq!(loc, layout.slot_offset(0) + want.offset as usize, "{row}");
+                let reg = match (arch.name, want.cfa_register) {
+                    ("x86_64", 6) => "rbp",
+                    ("x86_64", 7) => "rsp",
+                    ("aarch64", 29) => "x29",
+                    ("aarch64", 31) => "sp",
+                    other => panic!("{other:?}"),
+                };
+                assert_eq!(fields[1], format!("{reg}+{}", want.cfa_offset), "{row}");
+            }
+            let start = format!("--start-address={:#x}", layout.text_offset);
+            let stop = format!("--stop-address={:#x}", layout.text_offset + 2 * layout.slot_size);
+            let code = run(&objdump, &["-d", &start, &stop], &path).unwrap();
+            let flat = code.split_whitespace().collect::<Vec<_>>().join(" ");
+            for insn in disasm {
+                assert!(flat.contains(insn), "{insn:?} not in {code}");
+            }
+            assert!(code.contains("<py::f0:/t.py>:"), "{code}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
