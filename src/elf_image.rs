@@ -229,9 +229,22 @@ fn shname(name: &str) -> u32 {
     (at + 1) as u32
 }
 
-fn section_headers(l: &Layout, symbols: usize, strtab_len: usize) -> [elf::SectionHeader64<LE>; SECTIONS] {
+fn section_headers(
+    l: &Layout,
+    symbols: usize,
+    strtab_len: usize,
+) -> [elf::SectionHeader64<LE>; SECTIONS] {
     let symtab_len = symbols * SYM_SIZE;
-    let sh = |name: &str, sh_type, flags: u32, addr: bool, offset: usize, size: usize, link, info, align, entsize| {
+    let sh = |name: &str,
+              sh_type,
+              flags: u32,
+              addr: bool,
+              offset: usize,
+              size: usize,
+              link,
+              info,
+              align,
+              entsize| {
         elf::SectionHeader64 {
             sh_name: U32::new(LE, shname(name)),
             sh_type: U32::new(LE, sh_type),
@@ -260,13 +273,68 @@ fn section_headers(l: &Layout, symbols: usize, strtab_len: usize) -> [elf::Secti
     };
     [
         null,
-        sh(".text", elf::SHT_PROGBITS, alloc | elf::SHF_EXECINSTR, true, l.text_offset, ARENA_SIZE, 0, 0, 16, 0),
-        sh(".eh_frame", elf::SHT_PROGBITS, alloc, true, l.eh_frame_offset, l.eh_frame_len, 0, 0, 8, 0),
-        sh(".eh_frame_hdr", elf::SHT_PROGBITS, alloc, true, l.eh_frame_hdr_offset, l.eh_frame_hdr_len, 0, 0, 4, 0),
+        sh(
+            ".text",
+            elf::SHT_PROGBITS,
+            alloc | elf::SHF_EXECINSTR,
+            true,
+            l.text_offset,
+            ARENA_SIZE,
+            0,
+            0,
+            16,
+            0,
+        ),
+        sh(
+            ".eh_frame",
+            elf::SHT_PROGBITS,
+            alloc,
+            true,
+            l.eh_frame_offset,
+            l.eh_frame_len,
+            0,
+            0,
+            8,
+            0,
+        ),
+        sh(
+            ".eh_frame_hdr",
+            elf::SHT_PROGBITS,
+            alloc,
+            true,
+            l.eh_frame_hdr_offset,
+            l.eh_frame_hdr_len,
+            0,
+            0,
+            4,
+            0,
+        ),
         // sh_info: one past the last local symbol; all of them are local.
-        sh(".symtab", elf::SHT_SYMTAB, 0, false, l.symtab_offset, symtab_len, u32::from(STRTAB), symbols as u32, 8, SYM_SIZE as u64),
+        sh(
+            ".symtab",
+            elf::SHT_SYMTAB,
+            0,
+            false,
+            l.symtab_offset,
+            symtab_len,
+            u32::from(STRTAB),
+            symbols as u32,
+            8,
+            SYM_SIZE as u64,
+        ),
         sh(".strtab", elf::SHT_STRTAB, 0, false, l.strtab_offset, strtab_len, 0, 0, 1, 0),
-        sh(".shstrtab", elf::SHT_STRTAB, 0, false, l.shstrtab_offset, SHSTRTAB_BYTES.len(), 0, 0, 1, 0),
+        sh(
+            ".shstrtab",
+            elf::SHT_STRTAB,
+            0,
+            false,
+            l.shstrtab_offset,
+            SHSTRTAB_BYTES.len(),
+            0,
+            0,
+            1,
+            0,
+        ),
     ]
 }
 
@@ -305,7 +373,8 @@ mod tests {
     fn object_reads_headers_and_every_symbol_for_both_arches() {
         for arch in arch::ALL {
             let (layout, bytes) = image_with_names(arch, 300);
-            let file = ElfFile64::<LE>::parse(&*bytes).unwrap_or_else(|e| panic!("{}: {e}", arch.name));
+            let file =
+                ElfFile64::<LE>::parse(&*bytes).unwrap_or_else(|e| panic!("{}: {e}", arch.name));
             assert_eq!(file.elf_header().e_machine(LE), arch.elf_machine as u16, "{}", arch.name);
             assert_eq!(file.elf_header().e_type(LE), elf::ET_DYN);
             // One PT_LOAD from offset 0 (vaddr == offset), r-x, ending before the changing part.
@@ -323,7 +392,12 @@ mod tests {
             for section in file.sections() {
                 let (off, _) = section.file_range().unwrap_or((section.address(), 0));
                 if section.address() != 0 {
-                    assert_eq!(section.address(), off, "{}: vaddr == offset", section.name().unwrap());
+                    assert_eq!(
+                        section.address(),
+                        off,
+                        "{}: vaddr == offset",
+                        section.name().unwrap()
+                    );
                 }
             }
             let text = file.section_by_name(".text").unwrap();
@@ -359,7 +433,8 @@ mod tests {
             assert_eq!(file.symbols().filter(|s| s.kind() == SymbolKind::Text).count(), 0);
             let strtab = file.section_by_name(".strtab").unwrap();
             assert_eq!(strtab.data().unwrap(), b"\0");
-            let shdr = file.elf_section_table().section(object::SectionIndex(STRTAB as usize)).unwrap();
+            let shdr =
+                file.elf_section_table().section(object::SectionIndex(STRTAB as usize)).unwrap();
             assert_eq!(shdr.sh_type(LE), elf::SHT_STRTAB);
         }
     }
@@ -371,8 +446,8 @@ mod tests {
                 let (layout, bytes) = initial_image(arch, slot_size);
                 let eh_frame_bytes =
                     &bytes[layout.eh_frame_offset..layout.eh_frame_offset + layout.eh_frame_len];
-                let hdr_bytes = &bytes
-                    [layout.eh_frame_hdr_offset..layout.eh_frame_hdr_offset + layout.eh_frame_hdr_len];
+                let hdr_bytes = &bytes[layout.eh_frame_hdr_offset
+                    ..layout.eh_frame_hdr_offset + layout.eh_frame_hdr_len];
                 let bases = BaseAddresses::default()
                     .set_text(layout.text_offset as u64)
                     .set_eh_frame(layout.eh_frame_offset as u64)
@@ -397,7 +472,12 @@ mod tests {
                     }
                     for offset in 0..arch.code.len() as u32 {
                         let row = fde
-                            .unwind_info_for_address(&eh_frame, &bases, &mut ctx, start + u64::from(offset))
+                            .unwind_info_for_address(
+                                &eh_frame,
+                                &bases,
+                                &mut ctx,
+                                start + u64::from(offset),
+                            )
                             .unwrap();
                         let want = row_at(arch, offset);
                         assert_eq!(
@@ -421,7 +501,8 @@ mod tests {
                     // Past the stub (padding) there is no FDE.
                     let pad = start + arch.code.len() as u64;
                     if (pad as usize) < layout.slot_offset(slot) + slot_size {
-                        let found = table.fde_for_address(&eh_frame, &bases, pad, EhFrame::cie_from_offset);
+                        let found =
+                            table.fde_for_address(&eh_frame, &bases, pad, EhFrame::cie_from_offset);
                         assert!(found.is_err(), "{} slot {slot}: padding covered", arch.name);
                     }
                 }
@@ -455,14 +536,28 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir(&dir).unwrap();
         for (arch, prefix, machine, disasm) in [
-            (&arch::x86_64::ARCH, "", "Advanced Micro Devices X86-64", &["push %rbp", "call *%rcx"][..]),
-            (&arch::aarch64::ARCH, "aarch64-linux-gnu-", "AArch64", &["stp x29, x30, [sp, #-16]!", "blr x3"][..]),
+            (
+                &arch::x86_64::ARCH,
+                "",
+                "Advanced Micro Devices X86-64",
+                &["push %rbp", "call *%rcx"][..],
+            ),
+            (
+                &arch::aarch64::ARCH,
+                "aarch64-linux-gnu-",
+                "AArch64",
+                &["stp x29, x30, [sp, #-16]!", "blr x3"][..],
+            ),
         ] {
             let readelf = format!("{prefix}readelf");
             let objdump = format!("{prefix}objdump");
             let run = |tool: &str, args: &[&str], path: &Path| -> Option<String> {
                 let out = std::process::Command::new(tool).args(args).arg(path).output().ok()?;
-                assert!(out.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+                assert!(
+                    out.status.success(),
+                    "{tool} {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 let stderr = String::from_utf8_lossy(&out.stderr);
                 assert!(!stderr.to_lowercase().contains("warning"), "{tool} {args:?}: {stderr}");
                 Some(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -479,9 +574,16 @@ mod tests {
             assert!(headers.contains("GNU_EH_FRAME"), "{headers}");
             let symbols = run(&readelf, &["-W", "-s"], &path).unwrap();
             for i in 0..3 {
-                let line = symbols.lines().find(|l| l.ends_with(&format!("py::f{i}:/t.py"))).unwrap_or_else(|| panic!("{symbols}"));
+                let line = symbols
+                    .lines()
+                    .find(|l| l.ends_with(&format!("py::f{i}:/t.py")))
+                    .unwrap_or_else(|| panic!("{symbols}"));
                 let fields: Vec<&str> = line.split_whitespace().collect();
-                assert_eq!(u64::from_str_radix(fields[1], 16).unwrap() as usize, layout.slot_offset(i), "{line}");
+                assert_eq!(
+                    u64::from_str_radix(fields[1], 16).unwrap() as usize,
+                    layout.slot_offset(i),
+                    "{line}"
+                );
                 assert_eq!(fields[2].parse::<usize>().unwrap(), arch.code.len(), "{line}");
                 assert_eq!((fields[3], fields[4], fields[6]), ("FUNC", "LOCAL", "1"), "{line}");
             }
@@ -489,7 +591,8 @@ mod tests {
             assert_eq!(frames.matches(" FDE cie=").count(), layout.slots, "one FDE per slot");
             // The rows of the first FDE, as binutils interprets them: one per arch row.
             let first = frames.split(" FDE cie=").nth(1).unwrap();
-            let rows: Vec<&str> = first.lines().skip(2).take_while(|l| !l.trim().is_empty()).collect();
+            let rows: Vec<&str> =
+                first.lines().skip(2).take_while(|l| !l.trim().is_empty()).collect();
             assert_eq!(rows.len(), arch.unwind.len(), "{first}");
             for (row, want) in rows.iter().zip(arch.unwind) {
                 let fields: Vec<&str> = row.split_whitespace().collect();

@@ -122,7 +122,9 @@ impl ElfImages {
             let _ = std::fs::remove_file(&path);
             annotate(err, &path, what)
         };
-        (&file).write_all(bytes).map_err(|e| remove(e, "cannot write the arena image (disk full?)"))?;
+        (&file)
+            .write_all(bytes)
+            .map_err(|e| remove(e, "cannot write the arena image (disk full?)"))?;
         // SAFETY: maps the file's first meta_offset bytes, just written, private and never
         // writable; the mapping is kept for the life of the process (trampolines run from it).
         let code = unsafe {
@@ -197,9 +199,11 @@ impl Image {
     /// Stores `value` at file offset `at` (in the metadata range) as one aligned store.
     fn store_u64(&mut self, at: usize, value: u64) {
         let rel = at - self.layout.meta_offset;
-        assert!(rel + 8 <= self.meta_len && rel % 8 == 0);
+        assert!(rel + 8 <= self.meta_len && rel.is_multiple_of(8));
         // SAFETY: inside the live shared mapping, 8-aligned (the mapping is page-aligned).
-        unsafe { std::ptr::write_volatile(self.meta.as_ptr().add(rel).cast::<u64>(), value.to_le()) };
+        unsafe {
+            std::ptr::write_volatile(self.meta.as_ptr().add(rel).cast::<u64>(), value.to_le())
+        };
     }
 
     fn set_strtab_size(&mut self, size: u64) {
@@ -342,10 +346,17 @@ fn open_own_directory(path: &Path) -> io::Result<OwnedFd> {
         .map_err(|_| refusal(path, "cannot open", "the path holds a NUL byte".into()))?;
     // SAFETY: a valid C string; the returned descriptor is owned below.
     let fd = unsafe {
-        libc::open(c_path.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        libc::open(
+            c_path.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
     };
     if fd < 0 {
-        return Err(annotate(io::Error::last_os_error(), path, "cannot open the elf image directory"));
+        return Err(annotate(
+            io::Error::last_os_error(),
+            path,
+            "cannot open the elf image directory",
+        ));
     }
     // SAFETY: fd was just opened and is owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -354,7 +365,11 @@ fn open_own_directory(path: &Path) -> io::Result<OwnedFd> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     if meta.uid() != euid {
-        return Err(refusal(path, "refusing to write in", format!("it belongs to uid {}", meta.uid())));
+        return Err(refusal(
+            path,
+            "refusing to write in",
+            format!("it belongs to uid {}", meta.uid()),
+        ));
     }
     if meta.mode() & 0o777 != 0o700 {
         // A umask may have taken owner bits away: exactly 0700.
@@ -401,7 +416,12 @@ fn create_exclusive(dirfd: i32, name: &str, path: &Path) -> io::Result<File> {
         libc::openat(
             dirfd,
             c_name.as_ptr(),
-            libc::O_RDWR | libc::O_APPEND | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            libc::O_RDWR
+                | libc::O_APPEND
+                | libc::O_CREAT
+                | libc::O_EXCL
+                | libc::O_NOFOLLOW
+                | libc::O_CLOEXEC,
             0o600 as libc::c_uint,
         )
     };
@@ -442,8 +462,15 @@ mod tests {
         let mut made = Vec::new();
         for i in 0..5000 {
             let slot = memory.allocate(&mut images).unwrap().as_ptr() as usize;
-            let name = if i % 7 == 0 { format!("py::{long}{i}:/t.py") } else { format!("py::f{i}:/t.py") };
-            images.record(&Trampoline { addr: slot, code_size: arch.code.len(), name: name.as_bytes(), filename: b"/t.py", firstlineno: 1 });
+            let name =
+                if i % 7 == 0 { format!("py::{long}{i}:/t.py") } else { format!("py::f{i}:/t.py") };
+            images.record(&Trampoline {
+                addr: slot,
+                code_size: arch.code.len(),
+                name: name.as_bytes(),
+                filename: b"/t.py",
+                firstlineno: 1,
+            });
             made.push(name);
             if i == 100 {
                 // Live: the file parses with every name so far, before any trim.
@@ -470,7 +497,8 @@ mod tests {
 
     #[test]
     fn a_planted_directory_or_link_is_never_used() {
-        let parent = std::env::temp_dir().join(format!("perftramp-elfplant-{}", std::process::id()));
+        let parent =
+            std::env::temp_dir().join(format!("perftramp-elfplant-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&parent);
         std::fs::create_dir(&parent).unwrap();
         let target = parent.join("target");

@@ -104,7 +104,9 @@ impl Sink for PerfMap {
         match inherited {
             Ok(entries) => map.append_entries(&entries),
             Err(err) => {
-                eprintln!("perftramp: in fork child {pid}: cannot copy the parent's perf map: {err}")
+                eprintln!(
+                    "perftramp: in fork child {pid}: cannot copy the parent's perf map: {err}"
+                )
             }
         }
         Ok(Box::new(map))

@@ -10,8 +10,8 @@ use std::sync::{Mutex, MutexGuard, Once, TryLockError};
 
 use crate::arch::{self, Arch};
 use crate::arena::{Anonymous, ArenaBacking, ExecMemory};
-use crate::elf_sink::ElfImages;
 use crate::cpython::{self, CodeNames};
+use crate::elf_sink::ElfImages;
 use crate::hook::{self, Deactivated};
 use crate::jitdump_file::JitDumpFile;
 use crate::names;
@@ -379,9 +379,12 @@ impl Profiler {
             }
         };
         names::symbol_name(names.qualname, names.filename, &mut self.name);
-        // The debug-info file name is sanitized like the symbol name: no NUL, one line.
+        // The jitdump's debug-info file name, sanitized like the symbol name (no NUL, one
+        // line); only the jitdump uses it, so the other modes skip the work.
         self.file_name.clear();
-        names::push_escaped(&mut self.file_name, names.filename);
+        if self.mode.jit {
+            names::push_escaped(&mut self.file_name, names.filename);
+        }
         let trampoline = Trampoline {
             addr: slot.as_ptr() as usize,
             code_size: self.arch.code.len(),
@@ -505,18 +508,20 @@ fn install_process_hooks() {
     }
 }
 
-/// The jitdump directory must exist and be a directory we can write.
+/// The directory of the jitdump and the elf images must exist and be a directory.
 fn check_directory(dir: &Path) -> Result<(), EnableError> {
     match std::fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => Ok(()),
         Ok(_) => Err(EnableError::Io(crate::file_error::annotate(
             io::Error::from_raw_os_error(libc::ENOTDIR),
             dir,
-            "jitdump directory",
+            "directory for the jitdump and elf images",
         ))),
-        Err(err) => {
-            Err(EnableError::Io(crate::file_error::annotate(err, dir, "jitdump directory")))
-        }
+        Err(err) => Err(EnableError::Io(crate::file_error::annotate(
+            err,
+            dir,
+            "directory for the jitdump and elf images",
+        ))),
     }
 }
 

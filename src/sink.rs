@@ -34,7 +34,8 @@ pub struct Trampoline<'a> {
     pub code_size: usize,
     /// `py::<qualname>:<filename>`, sanitized (no control characters).
     pub name: &'a [u8],
-    /// The code's file name, sanitized likewise.
+    /// The code's file name, sanitized likewise (filled only when a jitdump is written: its
+    /// debug info is the one reader).
     pub filename: &'a [u8],
     pub firstlineno: i32,
 }

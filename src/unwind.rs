@@ -227,7 +227,11 @@ pub fn unwind_info(arch: &Arch) -> UnwindInfo {
 /// header right after `.eh_frame` (`eh_frame_len` bytes), one FDE at `fde_offset` in `.eh_frame`.
 fn eh_frame_hdr(eh_frame_offset: usize, eh_frame_len: usize, fde_offset: usize) -> Vec<u8> {
     let eh_frame = eh_frame_offset as i64;
-    let out = eh_frame_hdr_table(eh_frame + eh_frame_len as i64, eh_frame, &[(0, eh_frame + fde_offset as i64)]);
+    let out = eh_frame_hdr_table(
+        eh_frame + eh_frame_len as i64,
+        eh_frame,
+        &[(0, eh_frame + fde_offset as i64)],
+    );
     debug_assert_eq!(out.len(), EH_FRAME_HDR_SIZE);
     out
 }
