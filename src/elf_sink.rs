@@ -27,7 +27,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::atomic::{compiler_fence, Ordering};
+use std::sync::atomic::{fence, Ordering};
 
 use crate::append_file::{AppendFile, Growth};
 use crate::arch::{self, Arch};
@@ -233,8 +233,9 @@ impl Image {
                 dst.add(ST_INFO_OFFSET + 1),
                 SYM_SIZE - ST_INFO_OFFSET - 1,
             );
-            // Readers skip the entry until it is a function: its type goes in last.
-            compiler_fence(Ordering::Release);
+            // Readers skip the entry until it is a function: its type goes in last. A real
+            // fence (free on x86_64, `dmb` on aarch64): a live reader may be on another CPU.
+            fence(Ordering::Release);
             std::ptr::write_volatile(dst.add(ST_INFO_OFFSET), FUNC_INFO);
         }
     }
