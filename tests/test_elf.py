@@ -286,3 +286,41 @@ def test_names_written_after_perf_attached_resolve(perf, tmp_path):
     # Every late function was created after perf attached: their names were written into the
     # image after perf recorded its mapping.
     assert named == {"late_0", "late_1", "late_2", "late_3"}, named
+
+
+def test_code_is_never_writable_and_a_live_image_reads_clean(run_python, tmp_path):
+    """W^X: every mapping of an image that can execute is read-only, and every writable one
+    (the symbol windows) cannot execute. And readelf, reading the image while the process is
+    still writing it, finds valid headers and the names so far, without a warning."""
+    run = run_python(
+        f"""
+        import os, subprocess, perftramp
+        perftramp.enable('elf', directory={str(tmp_path)!r})
+        src = '\\n'.join(f'def g{{i}}(): return {{i}}' for i in range(5000))
+        ns = {{}}
+        exec(compile(src, '/tmp/live.py', 'exec'), ns)
+        for i in range(5000):
+            ns[f'g{{i}}']()
+        d = perftramp.status().elf_directory
+        images = sorted(os.listdir(d))
+        assert len(images) == 2, images
+        maps = [l.split() for l in open('/proc/self/maps') if d in l]
+        assert maps, 'no mapping of the images'
+        for fields in maps:
+            perms = fields[1]
+            assert not ('w' in perms and 'x' in perms), fields
+        code = [f for f in maps if 'x' in f[1]]
+        assert len(code) == 2 and all(f[1] == 'r-xp' and f[5].endswith('.so') for f in code), code
+        for name in images:
+            out = subprocess.run(['readelf', '-W', '-s', os.path.join(d, name)],
+                                 capture_output=True, text=True)
+            assert out.returncode == 0 and 'arning' not in out.stderr, out.stderr
+            print(name, out.stdout.count(' FUNC '))
+        """
+    ).check()
+    from perftramp import _perftramp
+
+    slots = 65536 // len(_perftramp.stub_code(_perftramp.native_arch()))  # per 64 KiB arena
+    counts = [int(line.split()[1]) for line in run.stdout.splitlines() if line.startswith("py-")]
+    # The first image is full; the rest (and the snippet's own functions) are in the second.
+    assert counts[0] == slots and counts[1] >= 5000 - slots, run.stdout
