@@ -189,6 +189,10 @@ impl ArenaBacking for ElfImages {
         let image = self.new_image(arch, slot_size)?;
         let text = image.text;
         if let Some(old) = self.current.replace(image) {
+            // A failure stays reported after its image is done with.
+            if let (None, Some(failure)) = (&self.failure, old.strtab.failure()) {
+                self.failure = Some(failure.to_owned());
+            }
             old.retire();
         }
         Ok(NonNull::new(text as *mut u8).expect("mapped"))
