@@ -103,6 +103,11 @@ impl AppendFile {
         Ok(bytes)
     }
 
+    /// End of the region this writer reserved (records, then filler up to here).
+    pub fn reserved_end(&self) -> u64 {
+        self.end
+    }
+
     /// Bytes of records appended by this writer.
     pub fn bytes_written(&self) -> u64 {
         self.bytes_written

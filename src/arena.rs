@@ -28,6 +28,23 @@ pub fn slots_per_arena(arena_size: usize, slot_size: usize) -> usize {
     arena_size / slot_size
 }
 
+/// Where arenas come from. Anonymous memory ([`Anonymous`]) for the perf map and the jitdump;
+/// the elf mode's sink maps each arena from an ELF file it writes (`elf_sink`).
+pub trait ArenaBacking {
+    /// Maps a read-execute arena of [`ARENA_SIZE`] bytes whose every `slot_size` slot starts
+    /// with `arch`'s stub (traps elsewhere), never writable while executable. Returns its start.
+    fn map_arena(&mut self, arch: &'static Arch, slot_size: usize) -> io::Result<NonNull<u8>>;
+}
+
+/// Anonymous private memory, filled then switched to read-execute.
+pub struct Anonymous;
+
+impl ArenaBacking for Anonymous {
+    fn map_arena(&mut self, arch: &'static Arch, slot_size: usize) -> io::Result<NonNull<u8>> {
+        map_arena(arch, slot_size, ARENA_SIZE)
+    }
+}
+
 /// Bump allocator over a growing list of read-execute arenas of equal-sized slots.
 pub struct ExecMemory {
     arch: &'static Arch,
@@ -83,12 +100,12 @@ impl ExecMemory {
     }
 
     /// Returns the address of a fresh slot, whose first bytes are the stub. Maps a new arena
-    /// when the current one is full.
-    pub fn allocate(&mut self) -> io::Result<NonNull<u8>> {
+    /// from `backing` when the current one is full.
+    pub fn allocate(&mut self, backing: &mut dyn ArenaBacking) -> io::Result<NonNull<u8>> {
         let slot_size = self.slot_size;
         let (base, used) = match self.current {
             Some((base, used)) if used + slot_size <= ARENA_SIZE => (base, used),
-            _ => (map_arena(self.arch, slot_size, ARENA_SIZE)?, 0),
+            _ => (backing.map_arena(self.arch, slot_size)?, 0),
         };
         if used == 0 {
             self.mapped_bytes += ARENA_SIZE;
@@ -181,17 +198,17 @@ mod tests {
     fn slots_hold_the_stub_and_arenas_grow() {
         let arch = arch::native().unwrap();
         let mut mem = ExecMemory::new(arch, 16);
-        let first = mem.allocate().unwrap();
-        let second = mem.allocate().unwrap();
+        let first = mem.allocate(&mut Anonymous).unwrap();
+        let second = mem.allocate(&mut Anonymous).unwrap();
         assert_eq!(second.as_ptr() as usize - first.as_ptr() as usize, 16);
         // SAFETY: slots are mapped readable.
         let code = unsafe { std::slice::from_raw_parts(second.as_ptr(), 16) };
         assert_eq!(code, arch.slot_template);
         for _ in 2..4096 {
-            mem.allocate().unwrap();
+            mem.allocate(&mut Anonymous).unwrap();
         }
         assert_eq!(mem.mapped_bytes(), ARENA_SIZE);
-        mem.allocate().unwrap();
+        mem.allocate(&mut Anonymous).unwrap();
         assert_eq!(mem.mapped_bytes(), 2 * ARENA_SIZE);
         assert_eq!(mem.used_bytes(), 4097 * 16);
     }
@@ -201,12 +218,12 @@ mod tests {
     fn a_retired_arena_gets_no_more_slots() {
         let arch = arch::native().unwrap();
         let mut mem = ExecMemory::new(arch, 16);
-        let first = mem.allocate().unwrap().as_ptr() as usize;
+        let first = mem.allocate(&mut Anonymous).unwrap().as_ptr() as usize;
         mem.retire_current_arena();
-        let second = mem.allocate().unwrap().as_ptr() as usize;
+        let second = mem.allocate(&mut Anonymous).unwrap().as_ptr() as usize;
         assert!(second < first || second >= first + ARENA_SIZE, "{first:#x} {second:#x}");
         assert_eq!(mem.mapped_bytes(), 2 * ARENA_SIZE);
-        let third = mem.allocate().unwrap().as_ptr() as usize;
+        let third = mem.allocate(&mut Anonymous).unwrap().as_ptr() as usize;
         assert_eq!(third, second + 16, "the new arena is used from then on");
     }
 }

@@ -19,6 +19,7 @@ use crate::arch::Arch;
 use crate::file_error::{annotate, refusal};
 use crate::jitdump;
 use crate::names;
+use crate::sink::{Sink, SinkKind, Trampoline};
 use crate::unwind::{self, UnwindInfo};
 
 pub fn path_for(directory: &Path, pid: u32) -> PathBuf {
@@ -199,6 +200,47 @@ impl JitDumpFile {
     pub fn abandon(mut self) {
         // Drop then closes the file and unmaps the writer's window, and leaves the marker.
         self.marker = 0;
+    }
+}
+
+impl Sink for JitDumpFile {
+    fn kind(&self) -> SinkKind {
+        SinkKind::JitDump
+    }
+
+    fn path(&self) -> Option<&Path> {
+        Some(self.file.path())
+    }
+
+    fn slot_size(&self, arch: &Arch) -> usize {
+        JitDumpFile::slot_size(arch)
+    }
+
+    fn record(&mut self, t: &Trampoline<'_>) {
+        self.write_trampoline(t.addr, t.name, t.filename, t.firstlineno);
+    }
+
+    fn trim(&mut self) {
+        JitDumpFile::trim(self);
+    }
+
+    fn failure(&self) -> Option<String> {
+        JitDumpFile::failure(self).map(str::to_owned)
+    }
+
+    /// The child's own dump; with `persist`, it re-emits the parent's loads for the child.
+    fn reopen_after_fork(self: Box<Self>, pid: u32, persist: bool) -> io::Result<Box<dyn Sink>> {
+        let inherited = if persist { self.records_for_child(pid) } else { Ok(Vec::new()) };
+        let created = self.create_for_child(pid);
+        (*self).abandon();
+        let mut dump = created?;
+        match inherited {
+            Ok(records) => dump.append_records(&records),
+            Err(err) => {
+                eprintln!("perftramp: in fork child {pid}: cannot copy the parent's jitdump: {err}")
+            }
+        }
+        Ok(Box::new(dump))
     }
 }
 

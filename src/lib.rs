@@ -8,13 +8,18 @@
 //! - [`profiler`]: process-wide state, enable/disable, making trampolines (the cold path);
 //! - [`names`]: `py::<qualname>:<filename>` names made safe for perf's formats;
 //! - [`stack_guard`]: RecursionError instead of a C stack overflow;
-//! - [`append_file`], [`perf_map`], [`jitdump_file`]: crash-safe output files;
+//! - [`sink`]: the one interface every output format implements;
+//! - [`append_file`], [`perf_map`], [`jitdump_file`], [`elf_sink`]: crash-safe output files
+//!   (the perf map, the jitdump, elf mode's per-arena ELF images);
+//! - [`elf_image`]: the pure layout of an elf-mode arena image;
 //! - [`jitdump`], [`unwind`]: pure encoders of jitdump records and their DWARF unwind data.
 
 pub mod append_file;
 pub mod arch;
 pub mod arena;
 pub mod cpython;
+pub mod elf_image;
+pub mod elf_sink;
 pub mod file_error;
 pub mod flamegraph;
 pub mod gecko;
@@ -25,6 +30,7 @@ pub mod names;
 pub mod perf_map;
 pub mod pprof;
 pub mod profiler;
+pub mod sink;
 pub mod stack_guard;
 pub mod state_marker;
 pub mod unwind;
@@ -184,6 +190,7 @@ fn status(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("pid", s.pid)?;
     d.set_item("perf_map_path", s.perf_map_path)?;
     d.set_item("jitdump_path", s.jitdump_path)?;
+    d.set_item("elf_directory", s.elf_directory)?;
     d.set_item("trampolines", s.trampolines)?;
     d.set_item("executable_bytes", s.executable_bytes)?;
     d.set_item("executable_bytes_used", s.executable_bytes_used)?;

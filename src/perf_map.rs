@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::append_file::{AppendFile, Growth};
 use crate::file_error::{annotate, refusal};
+use crate::sink::{Sink, SinkKind, Trampoline};
 
 pub fn path_for(pid: u32) -> PathBuf {
     PathBuf::from(format!("/tmp/perf-{pid}.map"))
@@ -71,6 +72,44 @@ impl PerfMap {
 
     pub fn abandon(self) {
         self.file.abandon();
+    }
+}
+
+impl Sink for PerfMap {
+    fn kind(&self) -> SinkKind {
+        SinkKind::PerfMap
+    }
+
+    fn path(&self) -> Option<&Path> {
+        Some(self.file.path())
+    }
+
+    fn record(&mut self, t: &Trampoline<'_>) {
+        self.write_entry(t.addr, t.code_size, t.name);
+    }
+
+    fn trim(&mut self) {
+        PerfMap::trim(self);
+    }
+
+    fn failure(&self) -> Option<String> {
+        PerfMap::failure(self).map(str::to_owned)
+    }
+
+    /// The child's own map; with `persist`, it also names every inherited trampoline.
+    fn reopen_after_fork(self: Box<Self>, pid: u32, persist: bool) -> io::Result<Box<dyn Sink>> {
+        let inherited = if persist { self.entries() } else { Ok(Vec::new()) };
+        (*self).abandon();
+        let mut map = PerfMap::open(pid)?;
+        match inherited {
+            Ok(entries) => map.append_entries(&entries),
+            Err(err) => {
+                eprintln!(
+                    "perftramp: in fork child {pid}: cannot copy the parent's perf map: {err}"
+                )
+            }
+        }
+        Ok(Box::new(map))
     }
 }
 

@@ -9,53 +9,66 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, Once, TryLockError};
 
 use crate::arch::{self, Arch};
-use crate::arena::ExecMemory;
+use crate::arena::{Anonymous, ArenaBacking, ExecMemory};
 use crate::cpython::{self, CodeNames};
+use crate::elf_sink::ElfImages;
 use crate::hook::{self, Deactivated};
 use crate::jitdump_file::JitDumpFile;
 use crate::names;
 use crate::perf_map::{self, PerfMap};
+use crate::sink::{Sink, SinkKind, Trampoline};
 
-/// What perftramp writes for perf.
+/// What perftramp writes for perf: any combination of its outputs (sinks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub struct Mode {
     /// A perf map, `/tmp/perf-<pid>.map` (CPython's `-X perf`).
-    Map,
+    pub map: bool,
     /// A jitdump with unwind info, `jit-<pid>.dump`, for `perf inject --jit` (CPython's
     /// `-X perf_jit`): full Python stacks with DWARF unwinding.
-    Jit,
-    /// Both files.
-    Both,
+    pub jit: bool,
+    /// Arenas mapped from ELF images with symbols and unwind tables: full Python stacks with
+    /// DWARF unwinding, read by perf directly (no inject).
+    pub elf: bool,
 }
 
 impl Mode {
     /// Accepted spellings, for error messages.
-    pub const VALID: &'static str =
-        "'map' (alias 'perf'), 'jit' (alias 'perf_jit'), 'both' (map and jitdump)";
+    pub const VALID: &'static str = "'map' (alias 'perf'), 'jit' (alias 'perf_jit'), 'elf', \
+         'both' (map and jitdump), or outputs joined by '+' (e.g. 'elf+map')";
+
+    pub const MAP: Mode = Mode { map: true, jit: false, elf: false };
 
     pub fn parse(name: &str) -> Option<Mode> {
-        match name {
-            "map" | "perf" => Some(Mode::Map),
-            "jit" | "perf_jit" => Some(Mode::Jit),
-            "both" => Some(Mode::Both),
-            _ => None,
+        let mut mode = Mode { map: false, jit: false, elf: false };
+        for part in name.split('+') {
+            match part {
+                "map" | "perf" => mode.map = true,
+                "jit" | "perf_jit" => mode.jit = true,
+                "elf" => mode.elf = true,
+                "both" => (mode.map, mode.jit) = (true, true),
+                _ => return None,
+            }
         }
+        Some(mode)
     }
 
+    /// The canonical name (`parse(name())` gives the same mode).
     pub fn name(self) -> &'static str {
-        match self {
-            Mode::Map => "map",
-            Mode::Jit => "jit",
-            Mode::Both => "both",
+        match (self.map, self.jit, self.elf) {
+            (true, false, false) => "map",
+            (false, true, false) => "jit",
+            (true, true, false) => "both",
+            (false, false, true) => "elf",
+            (true, false, true) => "elf+map",
+            (false, true, true) => "elf+jit",
+            (true, true, true) => "elf+map+jit",
+            (false, false, false) => "none",
         }
     }
 
-    fn writes_map(self) -> bool {
-        matches!(self, Mode::Map | Mode::Both)
-    }
-
-    fn writes_jitdump(self) -> bool {
-        matches!(self, Mode::Jit | Mode::Both)
+    /// Whether `directory` places files of this mode (the jitdump, the ELF images).
+    fn uses_directory(self) -> bool {
+        self.jit || self.elf
     }
 }
 
@@ -78,6 +91,7 @@ pub struct Status {
     pub pid: u32,
     pub perf_map_path: Option<String>,
     pub jitdump_path: Option<String>,
+    pub elf_directory: Option<String>,
     pub trampolines: u64,
     pub executable_bytes: usize,
     pub executable_bytes_used: usize,
@@ -90,9 +104,10 @@ struct Profiler {
     mode: Mode,
     arch: &'static Arch,
     memory: ExecMemory,
-    perf_map: Option<PerfMap>,
-    jitdump: Option<JitDumpFile>,
-    jitdump_dir: PathBuf,
+    /// What is written for perf, one sink per format; told about every trampoline in order.
+    sinks: Vec<Box<dyn Sink>>,
+    /// Where the jitdump and the ELF images' per-process directory go.
+    directory: PathBuf,
     /// Why making trampolines stopped (no executable memory), if it did.
     exec_failure: Option<String>,
     trampolines: u64,
@@ -118,10 +133,11 @@ fn current_pid() -> u32 {
     std::process::id()
 }
 
-/// Where jitdumps go unless the caller says otherwise.
+/// Where jitdumps (and the ELF images' per-process directory) go unless the caller says
+/// otherwise.
 pub const DEFAULT_JITDUMP_DIR: &str = "/tmp";
 
-/// Turns perftramp on in `mode`, writing the jitdump (jit/both modes) into `jitdump_dir`.
+/// Turns perftramp on in `mode`, writing the jitdump and the ELF images into `jitdump_dir`.
 /// `recursion_limit` is `sys.getrecursionlimit()`, used to verify the thread-state layout.
 /// Enabling again in the same mode is a no-op.
 ///
@@ -160,10 +176,10 @@ pub unsafe fn enable(
             )));
         }
         if let Some(dir) = jitdump_dir {
-            if mode.writes_jitdump() && dir != profiler.jitdump_dir {
+            if mode.uses_directory() && dir != profiler.directory {
                 return Err(EnableError::Conflict(format!(
-                    "perftramp already writes its jitdump in {}; it cannot move to {} in this process",
-                    profiler.jitdump_dir.display(),
+                    "perftramp already writes its files in {}; it cannot move to {} in this process",
+                    profiler.directory.display(),
                     dir.display()
                 )));
             }
@@ -245,6 +261,7 @@ pub unsafe fn status() -> Status {
             pid: current_pid(),
             perf_map_path: None,
             jitdump_path: None,
+            elf_directory: None,
             trampolines: 0,
             executable_bytes: 0,
             executable_bytes_used: 0,
@@ -256,8 +273,9 @@ pub unsafe fn status() -> Status {
             enabled: hook::is_active(),
             mode: Some(p.mode),
             pid: p.pid,
-            perf_map_path: p.perf_map.as_ref().map(|m| m.path().display().to_string()),
-            jitdump_path: p.jitdump.as_ref().map(|j| j.path().display().to_string()),
+            perf_map_path: p.sink_path(SinkKind::PerfMap),
+            jitdump_path: p.sink_path(SinkKind::JitDump),
+            elf_directory: p.sink_path(SinkKind::ElfImage),
             trampolines: p.trampolines,
             executable_bytes: p.memory.mapped_bytes(),
             executable_bytes_used: p.memory.used_bytes(),
@@ -285,37 +303,44 @@ pub fn make_trampoline(names: &CodeNames<'_>) -> Option<*mut c_void> {
 }
 
 impl Profiler {
-    fn new(mode: Mode, arch: &'static Arch, jitdump_dir: &Path) -> Result<Self, EnableError> {
+    fn new(mode: Mode, arch: &'static Arch, directory: &Path) -> Result<Self, EnableError> {
         let pid = current_pid();
-        // The jitdump first: if the map then fails, remove the dump, leaving nothing behind.
-        let jitdump = if mode.writes_jitdump() {
-            check_directory(jitdump_dir)?;
-            Some(JitDumpFile::create(jitdump_dir, pid, arch).map_err(EnableError::Io)?)
-        } else {
-            None
-        };
-        let perf_map = if mode.writes_map() {
-            match PerfMap::open(pid) {
-                Ok(map) => Some(map),
-                Err(err) => {
-                    if let Some(dump) = jitdump {
-                        let _ = std::fs::remove_file(dump.path());
-                    }
-                    return Err(EnableError::Io(err));
-                }
+        let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+        // If a later sink fails, the files of the earlier ones go: nothing is left behind.
+        let fail = |sinks: Vec<Box<dyn Sink>>, err: io::Error| {
+            for sink in sinks {
+                discard(sink);
             }
-        } else {
-            None
+            Err(EnableError::Io(err))
         };
-        let slot_size =
-            if mode.writes_jitdump() { JitDumpFile::slot_size(arch) } else { arch.slot_stride };
+        if mode.uses_directory() {
+            check_directory(directory)?;
+        }
+        if mode.jit {
+            match JitDumpFile::create(directory, pid, arch) {
+                Ok(dump) => sinks.push(Box::new(dump)),
+                Err(err) => return fail(sinks, err),
+            }
+        }
+        if mode.elf {
+            match ElfImages::create(directory, pid) {
+                Ok(images) => sinks.push(Box::new(images)),
+                Err(err) => return fail(sinks, err),
+            }
+        }
+        if mode.map {
+            match PerfMap::open(pid) {
+                Ok(map) => sinks.push(Box::new(map)),
+                Err(err) => return fail(sinks, err),
+            }
+        }
+        let slot_size = sinks.iter().map(|s| s.slot_size(arch)).max().unwrap_or(arch.slot_stride);
         Ok(Profiler {
             mode,
             arch,
             memory: ExecMemory::new(arch, slot_size),
-            perf_map,
-            jitdump,
-            jitdump_dir: jitdump_dir.to_owned(),
+            sinks,
+            directory: directory.to_owned(),
             exec_failure: None,
             trampolines: 0,
             pid,
@@ -326,11 +351,23 @@ impl Profiler {
         })
     }
 
+    fn sink_path(&self, kind: SinkKind) -> Option<String> {
+        let sink = self.sinks.iter().find(|s| s.kind() == kind)?;
+        sink.path().map(|p| p.display().to_string())
+    }
+
     fn make_trampoline(&mut self, names: &CodeNames<'_>) -> Option<*mut c_void> {
         if self.exec_failure.is_some() {
             return None;
         }
-        let slot = match self.memory.allocate() {
+        // A sink that maps the arenas from its own files decides their backing.
+        let mut anonymous = Anonymous;
+        let backing: &mut dyn ArenaBacking =
+            match self.sinks.iter_mut().find_map(|s| s.arena_backing()) {
+                Some(backing) => backing,
+                None => &mut anonymous,
+            };
+        let slot = match self.memory.allocate(backing) {
             Ok(slot) => slot,
             Err(err) => {
                 eprintln!(
@@ -342,37 +379,39 @@ impl Profiler {
             }
         };
         names::symbol_name(names.qualname, names.filename, &mut self.name);
-        let addr = slot.as_ptr() as usize;
-        if let Some(map) = self.perf_map.as_mut() {
-            map.write_entry(addr, self.arch.code.len(), &self.name);
-        }
-        if let Some(dump) = self.jitdump.as_mut() {
-            // The debug-info file name is sanitized like the symbol name: no NUL, one line.
-            self.file_name.clear();
+        // The jitdump's debug-info file name, sanitized like the symbol name (no NUL, one
+        // line); only the jitdump uses it, so the other modes skip the work.
+        self.file_name.clear();
+        if self.mode.jit {
             names::push_escaped(&mut self.file_name, names.filename);
-            dump.write_trampoline(addr, &self.name, &self.file_name, names.firstlineno);
+        }
+        let trampoline = Trampoline {
+            addr: slot.as_ptr() as usize,
+            code_size: self.arch.code.len(),
+            name: &self.name,
+            filename: &self.file_name,
+            firstlineno: names.firstlineno,
+        };
+        for sink in &mut self.sinks {
+            sink.record(&trampoline);
         }
         self.trampolines += 1;
         Some(slot.as_ptr().cast())
     }
 
     fn trim_files(&mut self) {
-        if let Some(map) = self.perf_map.as_mut() {
-            map.trim();
-        }
-        if let Some(dump) = self.jitdump.as_mut() {
-            dump.trim();
+        for sink in &mut self.sinks {
+            sink.trim();
         }
     }
 
     fn errors(&self) -> Vec<String> {
         let mut errors = Vec::new();
         errors.extend(self.exec_failure.clone());
-        if let Some(failure) = self.perf_map.as_ref().and_then(|m| m.failure()) {
-            errors.push(format!("perf map: {failure}"));
-        }
-        if let Some(failure) = self.jitdump.as_ref().and_then(|j| j.failure()) {
-            errors.push(format!("jitdump: {failure}"));
+        for sink in &self.sinks {
+            if let Some(failure) = sink.failure() {
+                errors.push(format!("{}: {failure}", sink.kind().label()));
+            }
         }
         errors
     }
@@ -382,64 +421,38 @@ impl Profiler {
     /// perf, which hands a child its parent's mappings and names them from the parent's files,
     /// names the child's new code from the child's files. Inherited trampolines keep working
     /// and keep their names (the parent's files describe them). With `persist_after_fork` the
-    /// child's files also describe the inherited trampolines: what a perf session that starts
-    /// after the fork (`perf record -p <child>`, which sees the inherited arenas as the child's
-    /// own) needs to name them.
+    /// child's files also describe the inherited trampolines where the format needs it: what a
+    /// perf session that starts after the fork (`perf record -p <child>`, which sees the
+    /// inherited arenas as the child's own) needs to name them.
     fn reopen_after_fork(&mut self) {
         self.pid = current_pid();
         crate::jitdump_file::forget_thread_id();
         self.memory.retire_current_arena();
-        if let Some(old) = self.perf_map.take() {
-            // With persist_after_fork, the child's map also names every inherited trampoline.
-            let inherited = if self.persist_after_fork { old.entries() } else { Ok(Vec::new()) };
-            old.abandon();
-            match PerfMap::open(self.pid) {
-                Ok(mut map) => {
-                    match inherited {
-                        Ok(entries) => map.append_entries(&entries),
-                        Err(err) => eprintln!(
-                            "perftramp: in fork child {}: cannot copy the parent's perf map: {err}",
-                            self.pid
-                        ),
-                    }
-                    self.perf_map = Some(map)
-                }
+        for sink in std::mem::take(&mut self.sinks) {
+            let kind = sink.kind();
+            match sink.reopen_after_fork(self.pid, self.persist_after_fork) {
+                Ok(sink) => self.sinks.push(sink),
                 Err(err) => {
                     eprintln!(
-                        "perftramp: in fork child {}: {err}; no perf map is written",
-                        self.pid
+                        "perftramp: in fork child {}: {err}; no {} is written",
+                        self.pid,
+                        kind.label()
                     );
-                    self.exec_failure.get_or_insert_with(|| format!("perf map after fork: {err}"));
+                    self.exec_failure
+                        .get_or_insert_with(|| format!("{} after fork: {err}", kind.label()));
                 }
             }
         }
-        if let Some(old) = self.jitdump.take() {
-            let inherited = if self.persist_after_fork {
-                old.records_for_child(self.pid)
-            } else {
-                Ok(Vec::new())
-            };
-            let created = old.create_for_child(self.pid);
-            old.abandon();
-            match created {
-                Ok(mut dump) => {
-                    match inherited {
-                        Ok(records) => dump.append_records(&records),
-                        Err(err) => eprintln!(
-                            "perftramp: in fork child {}: cannot copy the parent's jitdump: {err}",
-                            self.pid
-                        ),
-                    }
-                    self.jitdump = Some(dump)
-                }
-                Err(err) => {
-                    eprintln!(
-                        "perftramp: in fork child {}: {err}; no jitdump is written",
-                        self.pid
-                    );
-                    self.exec_failure.get_or_insert_with(|| format!("jitdump after fork: {err}"));
-                }
-            }
+    }
+}
+
+/// Removes what a sink created (an `enable` that failed later leaves nothing behind).
+fn discard(sink: Box<dyn Sink>) {
+    if let Some(path) = sink.path().map(Path::to_owned) {
+        match sink.kind() {
+            SinkKind::JitDump => drop(std::fs::remove_file(path)),
+            SinkKind::ElfImage => drop(std::fs::remove_dir(path)), // still empty
+            SinkKind::PerfMap => {}
         }
     }
 }
@@ -495,18 +508,20 @@ fn install_process_hooks() {
     }
 }
 
-/// The jitdump directory must exist and be a directory we can write.
+/// The directory of the jitdump and the elf images must exist and be a directory.
 fn check_directory(dir: &Path) -> Result<(), EnableError> {
     match std::fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => Ok(()),
         Ok(_) => Err(EnableError::Io(crate::file_error::annotate(
             io::Error::from_raw_os_error(libc::ENOTDIR),
             dir,
-            "jitdump directory",
+            "directory for the jitdump and elf images",
         ))),
-        Err(err) => {
-            Err(EnableError::Io(crate::file_error::annotate(err, dir, "jitdump directory")))
-        }
+        Err(err) => Err(EnableError::Io(crate::file_error::annotate(
+            err,
+            dir,
+            "directory for the jitdump and elf images",
+        ))),
     }
 }
 

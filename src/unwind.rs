@@ -103,8 +103,9 @@ fn registers(arch: &Arch) -> Vec<u16> {
     regs
 }
 
-/// Builds the `.eh_frame` and `.eh_frame_hdr` for one trampoline of `arch`.
-pub fn unwind_info(arch: &Arch) -> UnwindInfo {
+/// The CIE shared by every stub's FDE: the entry state (row 0), including the return
+/// address's rule.
+fn stub_cie(arch: &Arch) -> CommonInformationEntry {
     let first = &arch.unwind[0];
     // .eh_frame CIEs are version 1; both supported architectures have 8-byte pointers.
     let encoding = Encoding { format: Format::Dwarf32, version: 1, address_size: 8 };
@@ -116,20 +117,21 @@ pub fn unwind_info(arch: &Arch) -> UnwindInfo {
     );
     // pcrel|sdata4: position-independent, so the same bytes are right at every load address.
     cie.fde_address_encoding = constants::DW_EH_PE_pcrel | constants::DW_EH_PE_sdata4;
-
-    // The CIE holds the entry state (row 0), including the return address's rule.
     cie.add_instruction(CallFrameInstruction::Cfa(Register(first.cfa_register), first.cfa_offset));
     for reg in registers(arch) {
         if let r @ (Rule::Offset(_) | Rule::SameValue) = rule(arch, first, reg) {
             cie.add_instruction(set_rule(reg, r));
         }
     }
+    cie
+}
 
-    // The FDE's initial location is relative to the .eh_frame start (gimli subtracts the field's
-    // own offset for pcrel); .text begins eh_frame_offset bytes before .eh_frame.
-    let text_from_eh_frame = (eh_frame_offset(arch) as i64).wrapping_neg() as u64;
+/// The FDE of one stub starting at `initial` (for pcrel, relative to the `.eh_frame` start:
+/// gimli subtracts the field's own offset).
+fn stub_fde(arch: &Arch, initial: u64) -> FrameDescriptionEntry {
+    let first = &arch.unwind[0];
     let code_len = u32::try_from(arch.code.len()).expect("stub fits in u32");
-    let mut fde = FrameDescriptionEntry::new(Address::Constant(text_from_eh_frame), code_len);
+    let mut fde = FrameDescriptionEntry::new(Address::Constant(initial), code_len);
     for pair in arch.unwind.windows(2) {
         let (prev, row) = (&pair[0], &pair[1]);
         let at = row.offset;
@@ -158,31 +160,43 @@ pub fn unwind_info(arch: &Arch) -> UnwindInfo {
             }
         }
     }
+    fde
+}
 
+/// `.eh_frame` with one CIE and one FDE per stub, the stubs starting at the given distances
+/// from the start of `.eh_frame` (negative: the text comes first), then a zero terminator.
+/// Returns the bytes and the offset of each FDE in them.
+pub fn stubs_eh_frame(arch: &Arch, stubs_from_eh_frame: &[i64]) -> (Vec<u8>, Vec<usize>) {
     let mut table = FrameTable::default();
-    let cie_id = table.add_cie(cie);
-    table.add_fde(cie_id, fde);
+    let cie_id = table.add_cie(stub_cie(arch));
+    for &at in stubs_from_eh_frame {
+        table.add_fde(cie_id, stub_fde(arch, at as u64));
+    }
     let mut section = EhFrame(EndianVec::new(NativeEndian));
     table
         .write_eh_frame(&mut section)
         .expect("arch unwind rows are encodable (offsets multiples of the alignment factors)");
     let mut eh_frame = section.0.into_vec();
-    // The CIE is written first; the FDE follows it (its length field excludes itself).
-    let fde_offset = 4 + u32::from_ne_bytes(eh_frame[0..4].try_into().unwrap()) as usize;
+    // gimli writes the CIE first, then the FDEs in order; walk the length fields to find them.
+    let mut offsets = Vec::with_capacity(stubs_from_eh_frame.len());
+    let mut at = 4 + u32::from_ne_bytes(eh_frame[0..4].try_into().unwrap()) as usize;
+    while at < eh_frame.len() {
+        offsets.push(at);
+        at += 4 + u32::from_ne_bytes(eh_frame[at..at + 4].try_into().unwrap()) as usize;
+    }
+    debug_assert_eq!(offsets.len(), stubs_from_eh_frame.len());
     // Zero terminator, as crtend.o ends a linked .eh_frame: readers that walk the section rather
     // than the header's table (libgcc's registered frames, some elfutils paths) stop on it.
     eh_frame.extend_from_slice(&[0; 4]);
-
-    let eh_frame_hdr = eh_frame_hdr(eh_frame_offset(arch), eh_frame.len(), fde_offset);
-    UnwindInfo { eh_frame, eh_frame_hdr }
+    (eh_frame, offsets)
 }
 
-/// The 20-byte header for genelf's layout: `.text` at 0, `.eh_frame` at `eh_frame_offset`, the
-/// header right after `.eh_frame` (`eh_frame_len` bytes), one FDE at `fde_offset` in `.eh_frame`.
-fn eh_frame_hdr(eh_frame_offset: usize, eh_frame_len: usize, fde_offset: usize) -> Vec<u8> {
-    let hdr = (eh_frame_offset + eh_frame_len) as i64;
-    let eh_frame = eh_frame_offset as i64;
-    let sdata4 = |v: i64| i32::try_from(v).expect("unwind data is tiny").to_ne_bytes();
+/// A `.eh_frame_hdr` at `hdr` (all positions relative to one origin, e.g. the file's vaddr 0)
+/// for `.eh_frame` at `eh_frame` and a table of (initial location, FDE address) pairs, sorted
+/// by location as the binary search of every unwinder requires.
+pub fn eh_frame_hdr_table(hdr: i64, eh_frame: i64, entries: &[(i64, i64)]) -> Vec<u8> {
+    let sdata4 = |v: i64| i32::try_from(v).expect("unwind data spans < 2 GiB").to_ne_bytes();
+    debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
     let mut out = vec![
         1,                                                            // version
         (constants::DW_EH_PE_pcrel | constants::DW_EH_PE_sdata4).0,   // eh_frame_ptr_enc
@@ -191,10 +205,33 @@ fn eh_frame_hdr(eh_frame_offset: usize, eh_frame_len: usize, fde_offset: usize) 
     ];
     // pcrel: relative to the eh_frame_ptr field itself, at hdr + 4.
     out.extend_from_slice(&sdata4(eh_frame - (hdr + 4)));
-    out.extend_from_slice(&1u32.to_ne_bytes()); // fde_count
-                                                // datarel: relative to the start of .eh_frame_hdr.
-    out.extend_from_slice(&sdata4(-hdr)); // initial location = .text start
-    out.extend_from_slice(&sdata4(eh_frame + fde_offset as i64 - hdr)); // the FDE
+    out.extend_from_slice(&u32::try_from(entries.len()).expect("few FDEs").to_ne_bytes());
+    // datarel: relative to the start of .eh_frame_hdr.
+    for &(location, fde) in entries {
+        out.extend_from_slice(&sdata4(location - hdr));
+        out.extend_from_slice(&sdata4(fde - hdr));
+    }
+    out
+}
+
+/// Builds the `.eh_frame` and `.eh_frame_hdr` for one trampoline of `arch`.
+pub fn unwind_info(arch: &Arch) -> UnwindInfo {
+    // .text begins eh_frame_offset bytes before .eh_frame.
+    let text = -(eh_frame_offset(arch) as i64);
+    let (eh_frame, fdes) = stubs_eh_frame(arch, &[text]);
+    let eh_frame_hdr = eh_frame_hdr(eh_frame_offset(arch), eh_frame.len(), fdes[0]);
+    UnwindInfo { eh_frame, eh_frame_hdr }
+}
+
+/// The 20-byte header for genelf's layout: `.text` at 0, `.eh_frame` at `eh_frame_offset`, the
+/// header right after `.eh_frame` (`eh_frame_len` bytes), one FDE at `fde_offset` in `.eh_frame`.
+fn eh_frame_hdr(eh_frame_offset: usize, eh_frame_len: usize, fde_offset: usize) -> Vec<u8> {
+    let eh_frame = eh_frame_offset as i64;
+    let out = eh_frame_hdr_table(
+        eh_frame + eh_frame_len as i64,
+        eh_frame,
+        &[(0, eh_frame + fde_offset as i64)],
+    );
     debug_assert_eq!(out.len(), EH_FRAME_HDR_SIZE);
     out
 }

@@ -180,23 +180,16 @@ def test_record_draws_python_functions_with_their_callers(perf, recording):
     for name in ("perf.data", "stacks.collapsed", "stacks.raw", "flamegraph.svg", "top.txt",
                  "perftramp.json"):
         assert (out / name).is_file(), name
-    # --mode auto: frame pointers -> map mode + fp stacks, else jit mode + dwarf + perf inject.
+    # --mode auto: frame pointers -> map mode + fp stacks, else elf mode + dwarf, no inject.
     meta = json.loads((out / "perftramp.json").read_text())
     if interpreter_has_frame_pointers():
         assert (meta["mode"], meta["call_graph"]) == ("map", "fp"), proc.stderr
         assert "has frame pointers: map mode" in proc.stderr
     else:
-        assert (meta["mode"], meta["call_graph"]) == ("jit", "dwarf"), proc.stderr
-        assert (out / "perf.jit.data").is_file()
-        assert list((out / "jit").glob("jitted-*.so")), "perf inject wrote no jitted-*.so"
-        assert "jitted files" in proc.stderr
-        from perftramp import _perf
-
-        if _perf.inspect(perf).jit_needs_tmp_jitted:
-            # perf 7 (libdw) unwinds injected files only under /tmp/jitted-*: jit/ links there.
-            target = str((out / "jit").resolve())
-            assert (out / "jit").is_symlink() and target.startswith("/tmp/jitted-perftramp-"), target
-            assert meta["jit_dirs"] == [target]
+        assert (meta["mode"], meta["call_graph"]) == ("elf", "dwarf"), proc.stderr
+        assert list((out / "elf").glob("perftramp-*/py-*.so")), "no arena image in DIR/elf"
+        assert not (out / "perf.jit.data").exists() and not (out / "jit").exists()
+        assert "jitted files" not in proc.stderr
     # The flamegraph: every function, each drawn on its caller (the Python view, an icicle graph).
     frames = svg_frames((out / "flamegraph.svg").read_text())
     for name in (hot, middle, outer):
@@ -304,16 +297,17 @@ def test_ctrl_c_stops_perf_and_still_draws(perf, tmp_path):
 
 
 @pytest.mark.perf
-def test_a_command_that_is_not_python_gets_jit_mode_through_the_environment(perf, tmp_path):
-    """`sh -c "python app.py"`: the interpreter cannot be inspected, so jit mode; the variables
-    reach the Python grandchild."""
+def test_a_command_that_is_not_python_gets_elf_mode_through_the_environment(perf, tmp_path):
+    """`sh -c "python app.py"`: the interpreter cannot be inspected, so elf mode (full stacks
+    either way); the variables reach the Python grandchild."""
     workload = tmp_path / "workload.py"
     workload.write_text(WORKLOAD)
     out = tmp_path / "out"
     proc = cli("record", "-o", str(out), "-F", "499", "--", "/bin/sh", "-c",
                f"exec '{sys.executable}' '{workload}' 0.8")
     assert proc.returncode == 0, proc.stderr
-    assert "not a Python interpreter I can inspect: jit mode" in proc.stderr
+    assert "not a Python interpreter I can inspect: elf mode" in proc.stderr
+    assert list((out / "elf").glob("perftramp-*/py-*.so")), "no arena image in DIR/elf"
     assert table_rows(proc.stdout)[0][2] == row("hot", workload)
 
 
@@ -429,7 +423,7 @@ def test_doctor_reports_this_machine(perf):
         assert re.search(r"info\s+frame pointers\s+no", out), out
         # The fix names what an installed user can run, nothing from a source checkout.
         assert "PYTHON_CFLAGS='-fno-omit-frame-pointer" in out and "scripts/" not in out
-        assert "will use jit mode" in out
+        assert "will use elf mode" in out
     assert "recording will work" in out
 
 
@@ -674,7 +668,10 @@ def test_interpreter_detection(tmp_path):
     assert _record.python_of("/bin/ls") is None
     assert _record.choose_mode("auto", "py", True, None).mode == "map"
     plan = _record.choose_mode("auto", "py", False, None)
-    assert (plan.mode, plan.unwind, plan.frequency) == ("jit", "jit", 249)
+    assert (plan.mode, plan.unwind, plan.frequency) == ("elf", "elf", 249)
+    assert _record.CALL_GRAPH["elf"] == ["--call-graph", "dwarf,65528"]  # no -k 1: no inject
+    assert _record.choose_mode("jit", "py", False, None).mode == "jit"
+    assert _record.choose_mode("elf", "py", True, None).mode == "elf"
     assert _record.choose_mode("auto", None, None, 97).frequency == 97
     assert _record.choose_mode("map", "py", False, None).unwind == "dwarf"
 

@@ -47,7 +47,10 @@ class Worker:
 def call_graph(perf: str, mode: str) -> List[str]:
     """How each mode is recorded (as `record` does): map mode with frame pointers where the
     interpreter has them or where perf's dwarf unwinder (libdw, perf 7) resolves no perf-map
-    code, else DWARF stacks (the innermost Python frame); jit modes DWARF + -k 1."""
+    code, else DWARF stacks (the innermost Python frame); jit modes DWARF + -k 1; elf mode DWARF
+    alone (perf reads the images)."""
+    if mode == "elf":
+        return ["--call-graph", "dwarf,16384"]
     if mode == "map":
         if FP or not _perf.inspect(perf).map_dwarf_resolves:
             return ["--call-graph", "fp"]
@@ -72,7 +75,7 @@ def perf_env(mode: str, directory: Path, persist: bool) -> Dict[str, str]:
 
 def readable_data(perf: str, mode: str, data: Path) -> Path:
     """perf.data, or its jit-injected copy in jit modes."""
-    if mode == "map":
+    if mode in ("map", "elf"):
         return data
     injected = data.with_suffix(".jit.data")
     proc = subprocess.run([perf, "inject", "--jit", "-i", str(data), "-o", str(injected)],
@@ -154,14 +157,14 @@ def assert_named_truthfully(perf: str, mode: str, workers: Dict[int, Worker], wh
 
 
 @pytest.mark.parametrize("scenario", ["os_fork", "inherited", "pool", "c_fork"])
-@pytest.mark.parametrize("mode", ["map", "jit", "both"])
+@pytest.mark.parametrize("mode", ["map", "jit", "both", "elf"])
 def test_each_worker_is_named_by_its_own_functions(perf, tmp_path, mode, scenario):
     workers = run_scenario(perf, tmp_path, mode, False, scenario)
     assert_named_truthfully(perf, mode, workers, f"{mode} mode, {scenario}")
 
 
 @pytest.mark.parametrize("scenario", ["os_fork", "pool"])
-@pytest.mark.parametrize("mode", ["map", "jit"])
+@pytest.mark.parametrize("mode", ["map", "jit", "elf"])
 def test_persist_after_fork_keeps_workers_named_truthfully(perf, tmp_path, mode, scenario):
     workers = run_scenario(perf, tmp_path, mode, True, scenario)
     assert_named_truthfully(perf, mode, workers, f"{mode} mode, persist_after_fork, {scenario}")
@@ -192,12 +195,13 @@ os.waitpid(pid, 0)
 
 
 @pytest.mark.parametrize("persist", [False, True], ids=["default", "persist"])
-@pytest.mark.parametrize("mode", ["map", "jit"])
+@pytest.mark.parametrize("mode", ["map", "jit", "elf"])
 def test_persist_after_fork_names_inherited_code_for_perf_attached_to_the_child(
         perf, tmp_path, mode, persist):
     """What persist_after_fork buys: a perf session that starts after the fork (perf record -p
     CHILD) sees the inherited arenas as the child's own and names them from the child's files,
-    which describe inherited trampolines only with persist_after_fork."""
+    which describe inherited trampolines only with persist_after_fork. In elf mode the inherited
+    arenas are mappings of the parent's images, which name them: named either way."""
     directory = jitdump_directory(perf, tmp_path)
     try:
         attach_later(perf, directory, mode, persist)
@@ -234,7 +238,7 @@ def attach_later(perf: str, tmp_path: Path, mode: str, persist: bool) -> None:
     assert worker.foreign == 0, detail
     if not unwinds_to_python(perf, mode):
         pytest.skip(UNRELIABLE)
-    if persist:
+    if persist or mode == "elf":
         assert worker.own_share >= 0.90, detail
     elif mode == "map" or _perf.inspect(perf).unwinder == "libunwind":
         # Without it the child's files name only what the child made: perf, which never saw the

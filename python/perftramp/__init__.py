@@ -39,8 +39,16 @@ __all__ = [
     "uninstall_signal_toggle",
 ]
 
-#: Accepted values of ``mode``, with aliases (CPython's names) mapped to perftramp's.
-MODES = {"map": "map", "perf": "map", "jit": "jit", "perf_jit": "jit", "both": "both"}
+#: Accepted values of ``mode``, with aliases (CPython's names) mapped to perftramp's. Outputs
+#: also combine with ``+`` ("elf+map", "elf+jit", "elf+map+jit"; "both" is "map+jit").
+MODES = {"map": "map", "perf": "map", "jit": "jit", "perf_jit": "jit", "both": "both", "elf": "elf"}
+
+# Canonical names of every combination of outputs, as the native core spells them.
+_COMBINED = {
+    frozenset({"map"}): "map", frozenset({"jit"}): "jit", frozenset({"map", "jit"}): "both",
+    frozenset({"elf"}): "elf", frozenset({"elf", "map"}): "elf+map",
+    frozenset({"elf", "jit"}): "elf+jit", frozenset({"elf", "map", "jit"}): "elf+map+jit",
+}
 
 try:
     from . import _perftramp as _native
@@ -79,9 +87,11 @@ class Status:
     """A snapshot of perftramp's state, from :func:`status` (read-only).
 
     - ``enabled``: whether perftramp is on.
-    - ``mode``: "map", "jit" or "both"; None if perftramp was never enabled in this process.
+    - ``mode``: "map", "jit", "both", "elf" or a combination such as "elf+map"; None if
+      perftramp was never enabled in this process.
     - ``pid``: the process the files belong to.
-    - ``perf_map_path`` / ``jitdump_path``: the files being written, if any.
+    - ``perf_map_path`` / ``jitdump_path``: the files being written, if any;
+      ``elf_directory``: the directory of the elf mode's arena images (``py-<pid>-<n>.so``).
     - ``trampolines``: trampolines made so far (one per code object that ran while enabled).
     - ``executable_bytes`` / ``executable_bytes_used``: executable memory mapped for
       trampolines, and the part of it handed out.
@@ -95,7 +105,7 @@ class Status:
 
     # A plain class rather than a dataclass: importing dataclasses costs ~15 ms at startup.
     __slots__ = (
-        "enabled", "mode", "pid", "perf_map_path", "jitdump_path", "trampolines",
+        "enabled", "mode", "pid", "perf_map_path", "jitdump_path", "elf_directory", "trampolines",
         "executable_bytes", "executable_bytes_used", "errors", "chained_to_other_hook",
         "pass_through",
     )
@@ -105,6 +115,7 @@ class Status:
     pid: int
     perf_map_path: Optional[str]
     jitdump_path: Optional[str]
+    elf_directory: Optional[str]
     trampolines: int
     executable_bytes: int
     executable_bytes_used: int
@@ -145,11 +156,16 @@ def _require_native():  # type: ignore[no-untyped-def]
 def _normalize_mode(mode: str) -> str:
     if not isinstance(mode, str):
         raise TypeError(f"mode must be a str, not {type(mode).__name__}")
-    try:
+    if mode in MODES:
         return MODES[mode]
-    except KeyError:
-        valid = ", ".join(repr(m) for m in MODES)
-        raise ValueError(f"unknown perftramp mode {mode!r}; valid modes: {valid}") from None
+    parts = set()
+    for part in mode.split("+"):
+        if part not in MODES:
+            valid = ", ".join(repr(m) for m in MODES)
+            raise ValueError(f"unknown perftramp mode {mode!r}; valid modes: {valid}, or "
+                             f"several joined by '+' (e.g. 'elf+map')") from None
+        parts.update({"map", "jit"} if MODES[part] == "both" else {MODES[part]})
+    return _COMBINED[frozenset(parts)]
 
 
 def enable(
@@ -164,8 +180,12 @@ def enable(
     and frame-pointer stacks. ``mode="jit"`` (alias ``"perf_jit"``) writes ``jit-<pid>.dump``
     with unwind info into ``directory`` (default ``/tmp``), for ``perf record -k 1
     --call-graph dwarf`` and ``perf inject --jit``: full Python stacks on interpreters built
-    without frame pointers. ``mode="both"`` writes both. Enabling again in the same mode is a
-    no-op; one process uses one mode.
+    without frame pointers. ``mode="elf"`` maps the trampolines from ELF images with symbols and
+    unwind tables, written into a 0700 directory ``perftramp-<pid>`` that perftramp creates in
+    ``directory`` (default ``/tmp``): ``perf record --call-graph dwarf`` then ``perf report``
+    show full Python stacks on any interpreter, with no ``perf inject`` and no ``-k 1``.
+    ``mode="both"`` writes the map and the jitdump; outputs combine with ``+`` (``"elf+map"``).
+    Enabling again in the same mode is a no-op; one process uses one mode.
 
     A fork child always writes its own files (``/tmp/perf-<childpid>.map``,
     ``jit-<childpid>.dump``), never its parent's. By default they hold only what the child
@@ -181,7 +201,8 @@ def enable(
     if directory is not None:
         if normalized == "map":
             raise ValueError(
-                "directory= places the jitdump (mode='jit' or 'both'); the perf map is always "
+                "directory= places the jitdump and the elf images (modes 'jit', 'both', 'elf'); "
+                "the perf map is always "
                 "/tmp/perf-<pid>.map, where perf looks for it"
             )
         directory = os.fspath(directory)
@@ -341,7 +362,7 @@ def install_signal_toggle(
     global _toggle
     normalized = _normalize_mode(mode)
     if directory is not None and normalized == "map":
-        raise ValueError("directory= places the jitdump (mode='jit' or 'both')")
+        raise ValueError("directory= places the jitdump and the elf images (modes 'jit', 'both', 'elf')")
     signum = int(signal.SIGUSR2 if signum is None else signum)
     try:
         previous = signal.signal(signum, _on_toggle_signal)

@@ -149,7 +149,7 @@ def run_doctor(python: Optional[str]) -> int:
         checks.append(Check("frame pointers", "ok" if fp else "info",
                             "yes: map mode + --call-graph fp gives full stacks" if fp else
                             "no (usual for distribution builds): map mode shows only the innermost "
-                            "Python frame; jit mode gives full stacks",
+                            "Python frame; elf mode (and jit mode) give full stacks",
                             None if fp else FP_FIX))
 
     # perf.
@@ -218,10 +218,13 @@ def run_doctor(python: Optional[str]) -> int:
     full: List[str] = []
     if fp and record_fp:
         full.append("map mode (--call-graph fp)")
+    if record_dwarf:
+        # perf reads the images' .symtab and .eh_frame like any shared object's.
+        full.append("elf mode (dwarf, perf alone)")
     if jit_ok and record_dwarf and perf_info is not None and perf_info.unwinder is not None:
         full.append("jit mode (dwarf + perf inject --jit)")
     works = all(c.state != "FAIL" for c in checks) and (record_fp or record_dwarf)
-    auto = "map" if fp else "jit"
+    auto = "map" if fp else "elf"
 
     print("perftramp doctor")
     for check in checks:
@@ -235,6 +238,9 @@ def run_doctor(python: Optional[str]) -> int:
         print(f"full Python stacks here: {', '.join(full)}")
     elif record_fp or record_dwarf:
         print("full Python stacks here: none (innermost Python frame only)")
+    print("modes: map = /tmp/perf-<pid>.map, full stacks only with frame pointers (--call-graph fp); "
+          "elf = trampolines mapped from ELF images perf reads itself, full stacks with "
+          "--call-graph dwarf on any interpreter; jit = a jitdump, full stacks after perf inject --jit")
     if works:
         print(f"`python -m perftramp record -- {interpreter} app.py` will use {auto} mode")
     print("recording will work" if works else "recording will NOT work: see FAIL above")

@@ -39,12 +39,16 @@ CALL_GRAPH = {
     "fp": ["-g", "--call-graph", "fp"],
     "dwarf": ["--call-graph", "dwarf,65528"],
     "jit": ["-k", "1", "--call-graph", "dwarf,65528"],
+    # elf mode: perf reads names and unwind tables from the arena images; no -k 1, no inject.
+    "elf": ["--call-graph", "dwarf,65528"],
 }
 #: Default sampling rates. A DWARF sample copies 64 KiB of stack (what deep Python stacks need:
 #: each Python call takes ~1 KiB of C stack), so at 499 Hz two busy cores produce 64 MB/s, more
 #: than perf drains on a 2-core machine: a forking program (black on 170 files) lost 136 chunks.
 #: At 249 Hz with the ring buffer below it lost none (README: "Sampling defaults").
-DEFAULT_HZ = {"fp": 999, "dwarf": 249, "jit": 249}
+DEFAULT_HZ = {"fp": 999, "dwarf": 249, "jit": 249, "elf": 249}
+#: Where `record` has elf mode put its arena images (inside the output directory).
+ELF_DIR = "elf"
 #: perf's ring buffer per CPU. Its default (512 KiB) holds 8 DWARF samples: any scheduling hiccup
 #: of perf itself loses samples. 16 MiB holds ~1 s of DWARF samples per CPU. Only root may lock
 #: that much (others are bounded by kernel.perf_event_mlock_kb, and perf would refuse).
@@ -122,19 +126,22 @@ class Plan:
 def choose_mode(requested: str, python: Optional[str], fp: Optional[bool],
                 frequency: Optional[int], map_dwarf_resolves: bool = True) -> Plan:
     """--mode auto: frame pointers give full stacks in map mode at the lowest cost; otherwise
-    jit mode, whose unwind info lets perf's dwarf unwinder walk through every Python frame.
-    `map_dwarf_resolves`: whether this perf's dwarf unwinder names perf-map code at all (perf
-    7's libdw does not: map mode without frame pointers would show no Python frame)."""
+    elf mode, whose arena images let perf's dwarf unwinder walk through every Python frame
+    with nothing to run after the recording. `map_dwarf_resolves`: whether this perf's dwarf
+    unwinder names perf-map code at all (perf 7's libdw does not: map mode without frame
+    pointers would show no Python frame)."""
     if requested == "auto":
         if fp:
             mode, unwind, reason = "map", "fp", f"{python} has frame pointers: map mode, --call-graph fp"
         elif fp is False:
-            mode, unwind, reason = "jit", "jit", (
-                f"{python} has no frame pointers: jit mode, dwarf stacks, then perf inject --jit")
+            mode, unwind, reason = "elf", "elf", (
+                f"{python} has no frame pointers: elf mode, dwarf stacks (no perf inject)")
         else:
-            mode, unwind, reason = "jit", "jit", (
-                "the command is not a Python interpreter I can inspect: jit mode (full stacks with "
+            mode, unwind, reason = "elf", "elf", (
+                "the command is not a Python interpreter I can inspect: elf mode (full stacks with "
                 "or without frame pointers)")
+    elif requested == "elf":
+        mode, unwind, reason = "elf", "elf", "elf mode, dwarf stacks (no perf inject)"
     elif requested == "map":
         if fp is False and not map_dwarf_resolves:
             # Measured on 3.14 with perf 7.2: dwarf names no Python frame, fp the innermost one
@@ -167,6 +174,20 @@ def prepare_output_dir(path: Path, force: bool) -> Path:
             for candidate in (path / name, path / (name + ".tmp")):
                 if candidate.is_file() or candidate.is_symlink():
                     candidate.unlink()
+        elf = path / ELF_DIR
+        if elf.is_dir():
+            for image_dir in elf.glob("perftramp-*"):
+                if image_dir.is_dir() and not image_dir.is_symlink():
+                    for file in image_dir.glob("py-*.so"):
+                        file.unlink()
+                    try:
+                        image_dir.rmdir()
+                    except OSError:
+                        pass
+            try:
+                elf.rmdir()
+            except OSError:
+                pass
         jit = path / rp.JIT_DIR
         if jit.is_dir():
             # A link to the /tmp/jitted-perftramp-* directory of an earlier recording (perf 7).
@@ -316,9 +337,13 @@ def record_command(perf: str, command: List[str], *, output: Path, mode: str, fr
     env = dict(os.environ)
     env["PERFTRAMP"] = plan.mode
     jit_dir = directory / rp.JIT_DIR
+    elf_dir = directory / ELF_DIR
     if plan.mode == "jit":
         jit_dir = make_jit_dir(directory, perf_info)
         env["PERFTRAMP_DIR"] = str(jit_dir.resolve())
+    elif plan.mode == "elf":
+        elf_dir.mkdir(exist_ok=True)
+        env["PERFTRAMP_DIR"] = str(elf_dir.resolve())
     else:
         env.pop("PERFTRAMP_DIR", None)
     data = directory / rp.PERF_DATA
@@ -326,7 +351,7 @@ def record_command(perf: str, command: List[str], *, output: Path, mode: str, fr
                     *ring_buffer_args(plan.unwind, perf_args), *perf_args, "-o", str(data), "--", *command]
     say(f"{plan.reason}")
     say(f"running: PERFTRAMP={plan.mode}"
-        + (f" PERFTRAMP_DIR={env['PERFTRAMP_DIR']}" if plan.mode == "jit" else "")
+        + (f" PERFTRAMP_DIR={env['PERFTRAMP_DIR']}" if plan.mode in ("jit", "elf") else "")
         + " " + " ".join(perf_command))
     meta: Dict[str, object] = {
         "command": command, "mode": plan.mode, "call_graph": plan.call_graph,
@@ -424,6 +449,7 @@ def _not_enabled_hint(mode: str, directory: Path, command: List[str], pid: Optio
                 f"recording, the signal turned it off: run `python -m perftramp toggle {pid}` "
                 f"once and record again")
     where = (f"no jitdump in {directory / rp.JIT_DIR}" if mode == "jit"
+             else f"no arena image in {directory / ELF_DIR}" if mode == "elf"
              else "no /tmp/perf-<pid>.map for the recorded processes")
     return (f"no Python function was named ({where}): perftramp was not enabled in the program. "
             f"Is perftramp installed in the Python that `{command[0]}` runs (`<that python> -m "

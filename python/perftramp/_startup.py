@@ -1,7 +1,8 @@
 """Start perftramp from the environment, with no code change (run by perftramp.pth at startup).
 
-- ``PERFTRAMP=map|jit|both`` (or ``perf``/``perf_jit``): enable at interpreter start, so even the
-  main script's ``<module>`` frame gets a trampoline. ``PERFTRAMP_DIR``: the jitdump directory.
+- ``PERFTRAMP=map|jit|both|elf`` (or ``perf``/``perf_jit``, or outputs joined by ``+``): enable
+  at interpreter start, so even the main script's ``<module>`` frame gets a trampoline.
+  ``PERFTRAMP_DIR``: the jitdump directory, and where elf mode makes its image directory.
 - ``PERFTRAMP_SIGNAL=USR2`` (a name, with or without ``SIG``, or a number): install the signal
   toggle, in ``PERFTRAMP_MODE`` (default ``jit``); perftramp starts off unless ``PERFTRAMP`` is
   also set.
@@ -40,11 +41,13 @@ def start() -> None:
     persist = env.get("PERFTRAMP_PERSIST_AFTER_FORK", "") not in ("", "0")
     mode = env.get("PERFTRAMP", "").strip()
     if mode:
-        if mode not in perftramp.MODES:
+        try:
+            normalized = perftramp._normalize_mode(mode)
+        except ValueError:
             _warn(f"PERFTRAMP={mode!r} is not a mode (valid: {', '.join(perftramp.MODES)})")
         else:
             try:
-                perftramp.enable(mode, directory=None if perftramp.MODES[mode] == "map" else directory,
+                perftramp.enable(mode, directory=None if normalized == "map" else directory,
                                  persist_after_fork=persist)
             except Exception as err:  # noqa: BLE001 - startup must never break the program
                 _warn(f"PERFTRAMP={mode}: {err}")
@@ -54,13 +57,13 @@ def start() -> None:
         toggle_mode = env.get("PERFTRAMP_MODE", "jit").strip() or "jit"
         if signum is None:
             _warn(f"PERFTRAMP_SIGNAL={signal_value!r} is not a signal name or number (e.g. USR2, 12)")
-        elif toggle_mode not in perftramp.MODES:
+        elif toggle_mode not in perftramp.MODES and "+" not in toggle_mode:
             _warn(f"PERFTRAMP_MODE={toggle_mode!r} is not a mode (valid: {', '.join(perftramp.MODES)})")
         else:
             try:
                 perftramp.install_signal_toggle(
                     signum, toggle_mode,
-                    directory=None if perftramp.MODES[toggle_mode] == "map" else directory,
+                    directory=None if perftramp._normalize_mode(toggle_mode) == "map" else directory,
                 )
             except Exception as err:  # noqa: BLE001
                 _warn(f"PERFTRAMP_SIGNAL={signal_value}: {err}")

@@ -1,6 +1,6 @@
 """perftramp's command line: from a Python program to a flamegraph of its Python functions.
 
-    python -m perftramp record [-o DIR] [--mode auto|map|jit] [-F HZ] [--force] -- CMD [ARGS...]
+    python -m perftramp record [-o DIR] [--mode auto|map|jit|elf] [-F HZ] [--force] -- CMD [ARGS...]
     python -m perftramp record --pid PID [--duration S] [-o DIR]
     python -m perftramp toggle PID [--signal USR2]
     python -m perftramp report DIR [--native all] [--format pprof|speedscope|gecko [-o FILE]]
@@ -56,13 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "a flamegraph SVG, collapsed stacks and a table of the costliest Python "
                     "functions into DIR. With --pid: turn perftramp on in a live process started "
                     "with PERFTRAMP_SIGNAL=USR2, record it for --duration seconds, turn it off.",
-        usage="%(prog)s [-o DIR] [--mode {auto,map,jit}] [-F HZ] [--force] -- CMD [ARGS...]\n"
+        usage="%(prog)s [-o DIR] [--mode {auto,map,jit,elf}] [-F HZ] [--force] -- CMD [ARGS...]\n"
               "       %(prog)s --pid PID [--duration S] [-o DIR] [--force]")
     record.add_argument("-o", "--output", type=Path, metavar="DIR",
                         help="output directory (default: ./perftramp-<date>-<time>)")
-    record.add_argument("--mode", choices=("auto", "map", "jit"), default="auto",
+    record.add_argument("--mode", choices=("auto", "map", "jit", "elf"), default="auto",
                         help="auto (default): map + frame pointers when CMD's Python has them, "
-                             "else jit + dwarf; map; jit")
+                             "else elf + dwarf; map; jit (dwarf + perf inject); elf")
     record.add_argument("-F", "--frequency", type=_positive_int, metavar="HZ",
                         help="samples per second (default 999 with fp stacks, 499 with dwarf)")
     record.add_argument("--force", action="store_true", help="replace the recording in an existing DIR")

@@ -51,6 +51,7 @@ pub static ARCH: Arch = Arch {
     code_alignment_factor: 4,
     data_alignment_factor: -8,
     unwind: &UNWIND,
+    max_page_size: 64 * 1024, // kernels may use 4, 16 or 64 KiB pages
 };
 
 #[cfg(test)]

@@ -50,6 +50,9 @@ pub struct Arch {
     pub data_alignment_factor: i8,
     /// Register state at each instruction boundary where it changes; the first row is at 0.
     pub unwind: &'static [UnwindRow],
+    /// The largest page size a kernel for this architecture may use: file offsets that are
+    /// mapped separately (elf mode's arena images) are aligned to it.
+    pub max_page_size: usize,
 }
 
 /// All architectures perftramp knows, whether or not this host is one of them.

@@ -48,6 +48,7 @@ pub static ARCH: Arch = Arch {
     code_alignment_factor: 1,
     data_alignment_factor: -8,
     unwind: &UNWIND,
+    max_page_size: 4096, // 4 KiB pages only
 };
 
 #[cfg(test)]
