@@ -244,6 +244,20 @@ if [ "${PERFTRAMP_NO_SID:-0}" != 1 ]; then
             fi
             sid_account "$tag, perf $host_perf" "$sid_src/$xml" "$code" "$regr_passed" "$regr_failed"
         done
+        # The Rust unit tests again, built for the newest sid interpreter (its Py_3_14+ code).
+        newest=${SID_PYTHONS:-3.14 3.15}; newest=${newest##* }
+        echo "== Rust unit tests (cargo test, linked against sid's python$newest)"
+        log="$root/target/cargo-test-sid.log"
+        in_sid sh -c "cd $sid_src && PYO3_PYTHON=python$newest \
+            CARGO_TARGET_DIR=/tmp/perftramp-ci-cargotest-$newest cargo test --quiet" 2>&1 | tee "$log" || true
+        sid_rust=$(grep -E '^test result:' "$log" || true)
+        sid_rust_passed=$(awk '/^test result:/ {s += $4} END {print s+0}' <<<"$sid_rust")
+        sid_rust_failed=$(awk '/^test result:/ {s += $6} END {print s+0}' <<<"$sid_rust")
+        if [ -z "$sid_rust" ] || grep -q 'error\[\|could not compile' "$log"; then
+            echo "test.sh: cargo test did not run for python$newest" >&2; sid_rust_failed=$((sid_rust_failed + 1))
+        fi
+        total_passed=$((total_passed + sid_rust_passed)); total_failed=$((total_failed + sid_rust_failed))
+        report+=("rust (python$newest, sid): $sid_rust_passed passed, $sid_rust_failed failed")
     fi
 fi
 

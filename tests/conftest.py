@@ -46,15 +46,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _remove_tmp_jitted_directories():
+def _remove_tmp_jitted_directories(tmp_path_factory):
     """`record` with perf 7 leaves its jitdumps in /tmp/jitted-perftramp-* (where perf needs them
-    for later reports): remove the ones this session made."""
-    import glob
-
-    before = set(glob.glob("/tmp/jitted-perftramp-*"))
+    for later reports), linked from the recording's jit/: remove those of this session's
+    recordings, and only those (other test sessions may be running)."""
     yield
-    for path in set(glob.glob("/tmp/jitted-perftramp-*")) - before:
-        shutil.rmtree(path, ignore_errors=True)
+    base = tmp_path_factory.getbasetemp()
+    for link in base.rglob("jit"):
+        if link.is_symlink():
+            target = os.path.realpath(link)
+            if target.startswith("/tmp/jitted-perftramp-"):
+                shutil.rmtree(target, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
