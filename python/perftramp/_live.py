@@ -186,6 +186,13 @@ def observe(pid: int, env: Dict[str, str], before: Files, timeout: float) -> Tup
         now = files_of(pid, env)
         if now.enabled is not None and before.enabled is not None and now.enabled != before.enabled:
             return ("on" if now.enabled else "off"), now
+        if before.enabled:
+            # Its marker was showing: only the marker decides (its files may still be growing
+            # from before the signal).
+            if time.monotonic() >= deadline:
+                return "unknown", now
+            time.sleep(0.05)
+            continue
         grew = ((now.map_size or 0) > (before.map_size or 0) or (now.dump_size or 0) > (before.dump_size or 0)
                 or (before.map_size is None and now.map_size is not None)
                 or (before.dump is None and now.dump is not None)
