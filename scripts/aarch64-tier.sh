@@ -13,6 +13,8 @@
 #                                          the chroot sees the host's /tmp at the same path)
 #   AARCH64_POLICY=manylinux_2_34          the manylinux policy auditwheel must accept: linking against
 #                                          sid's glibc with aarch64-linux-gnu-gcc needs 2.34 symbols
+#   AARCH64_ZIG=1                          link with zig (maturin --zig) instead: manylinux_2_17, like
+#                                          scripts/build-wheels.sh's x86_64 release wheels
 #   AARCH64_TESTS="tests/test_api.py ..."  the pytest files run
 #   AARCH64_CARGO_TEST=0                   skip `cargo test --lib` for aarch64 under qemu
 #
@@ -31,7 +33,8 @@ out=$(mkdir -p "${1:-dist/aarch64}" && cd "${1:-dist/aarch64}" && pwd)
 shift $(($# > 0 ? 1 : 0))
 SID_ROOT=${SID_ROOT:-/opt/sid}
 CACHE=${AARCH64_CACHE:-/tmp/perftramp-aarch64}
-POLICY=${AARCH64_POLICY:-manylinux_2_34}
+ZIG=${AARCH64_ZIG:-0}
+if [ "$ZIG" = 1 ]; then POLICY=${AARCH64_POLICY:-manylinux_2_17}; else POLICY=${AARCH64_POLICY:-manylinux_2_34}; fi
 PY=3.14
 TARGET=aarch64-unknown-linux-gnu
 TESTS=${AARCH64_TESTS:-"tests/test_api.py tests/test_behaviour.py tests/test_threads.py tests/test_live.py
@@ -147,6 +150,9 @@ arm_pip() {
         --implementation cp --only-binary=:all: "$@"
 }
 compgen -G "$SID_ROOT$SITE/pytest-*.dist-info" >/dev/null || arm_pip "pytest>=7" >&2
+if [ "$ZIG" = 1 ] && ! in_sid $TOOLS/bin/python -c 'import ziglang' 2>/dev/null; then
+    in_sid $TOOLS/bin/pip install -q "ziglang==0.17.*" >&2 || in_sid $TOOLS/bin/pip install -q ziglang >&2
+fi
 end "tools"
 
 # --- 4. the wheel ------------------------------------------------------------------------------
@@ -155,25 +161,29 @@ begin "cross-build the wheel"
 # what changed). Wheels are cached by a hash of everything but tests/ and scripts/.
 rm -rf "$CACHE/src"; mkdir -p "$CACHE/src" "$CACHE/wheels"
 git ls-files -z | xargs -0 tar cf - 2>/dev/null | tar xf - -C "$CACHE/src"
-key=$(git ls-files -z -- . ':!tests' ':!scripts' | xargs -0 sha256sum | sha256sum | cut -c1-16)
+key=$( (git ls-files -z -- . ':!tests' ':!scripts' | xargs -0 sha256sum; echo "$ZIG $POLICY") | sha256sum | cut -c1-16)
 wheels=$CACHE/wheels/$key
+if [ "$ZIG" = 1 ]; then
+    wheel_target=$CACHE/target-zig linker=() zig=--zig
+else
+    wheel_target=$CACHE/target linker=(CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc) zig=
+fi
 if ! compgen -G "$wheels/perftramp-*.whl" >/dev/null; then
     rm -rf "$wheels.tmp"
     # PYO3_CROSS_LIB_DIR: PyO3 and maturin read the arm64 _sysconfigdata there. No RUSTFLAGS (env -i):
     # .cargo/config.toml's force-frame-pointers applies to the target build.
     in_sid env PYO3_CROSS_LIB_DIR=/usr/lib/python$PY PYO3_CROSS_PYTHON_VERSION=$PY \
-        CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc CARGO_TARGET_DIR="$CACHE/target" \
-        PATH=$TOOLS/bin:/usr/local/bin:/usr/bin:/bin \
-        sh -c "cd $CACHE/src && maturin build --release --target $TARGET --compatibility $POLICY -o $wheels.tmp" >&2
+        CARGO_TARGET_DIR="$wheel_target" PATH=$TOOLS/bin:/usr/local/bin:/usr/bin:/bin "${linker[@]}" \
+        sh -c "cd $CACHE/src && maturin build --release $zig --target $TARGET --compatibility $POLICY -o $wheels.tmp" >&2
+    # The frame-pointer flag reached rustc for the extension (cargo records the flags it used).
+    grep -q '"rustflags":\["-C","force-frame-pointers=yes"\]' \
+        "$(ls -t "$wheel_target"/$TARGET/release/.fingerprint/perftramp-*/lib-_perftramp.json | head -1)" \
+        || die "the $TARGET build was not made with -C force-frame-pointers=yes"
     mv "$wheels.tmp" "$wheels"
 else
     log "wheel for source $key already built"
 fi
 wheel=$(ls "$wheels"/perftramp-*-cp${PY/./}-*_aarch64.whl)
-# The frame-pointer flag reached rustc for the extension (cargo records the flags it used).
-grep -q '"rustflags":\["-C","force-frame-pointers=yes"\]' \
-    "$CACHE"/target/$TARGET/release/.fingerprint/perftramp-*/lib-_perftramp.json \
-    || die "the $TARGET build was not made with -C force-frame-pointers=yes"
 shown=$(in_sid $TOOLS/bin/auditwheel show "$wheel")
 grep -q "\"${POLICY}_aarch64\"" <<<"$shown" || { echo "$shown" >&2; die "auditwheel does not accept ${POLICY}_aarch64"; }
 cp "$wheel" "$out/"
