@@ -52,12 +52,17 @@ log() { printf '[aarch64 %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (chroot, apt-get in the chroot)"
 case $CACHE in /tmp/*) ;; *) die "AARCH64_CACHE must be under /tmp (bind-mounted into the chroot)" ;; esac
+# One run per cache at a time: a second one would replace the source tree under the first.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.lock"
+flock -n 9 || { log "another aarch64 tier is running on $CACHE; waiting"; flock 9; }
 
 declare -a TIMES=()
 step_start=0 total_start=$(date +%s)
 begin() { step_start=$(date +%s); log "== $*"; }
 end() { TIMES+=("$(printf '%-40s %4ss' "$1" "$(($(date +%s) - step_start))")"); }
-in_sid() { chroot "$SID_ROOT" /usr/bin/env -i HOME=/root LANG=C.UTF-8 PATH=/usr/local/bin:/usr/bin:/bin "$@"; }
+# 9>&-: the lock taken above stays with this script, never with a process a test leaves behind.
+in_sid() { chroot "$SID_ROOT" /usr/bin/env -i HOME=/root LANG=C.UTF-8 PATH=/usr/local/bin:/usr/bin:/bin "$@" 9>&-; }
 installed() { [ "$(in_sid dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 
 # --- 0. the chroot, mounted --------------------------------------------------------------------
@@ -234,7 +239,7 @@ chroot "$SID_ROOT" /usr/bin/env -i HOME=/root LANG=C.UTF-8 PATH="$PREFIX/noperf:
     PERFTRAMP_EMULATION_SLOWDOWN=$SLOWDOWN \
     timeout 2400 sh -c 'cd "$1" && shift && exec "$@"' sh "$CACHE/src" \
     "$VENV/bin/python" -m pytest -p no:cacheprovider -rfEs --basetemp="$CACHE/pytest-tmp" \
-    --junitxml="$junit" "${test_files[@]}" "$@"
+    --junitxml="$junit" "${test_files[@]}" "$@" 9>&-
 rc=$?
 set -e
 end "pytest"
