@@ -8,7 +8,7 @@
 #
 # Ends with `aarch64: N passed, N failed, N skipped`; exits non-zero on any failure or if no
 # test ran. Needs root (chroot, apt). Settings (environment):
-#   SID_ROOT=/opt/sid                      the chroot (made by ../shared/tools/sid-pythons.sh if missing)
+#   SID_ROOT=/opt/sid                      the chroot (made by scripts/sid-chroot.sh if missing)
 #   AARCH64_CACHE=/tmp/perftramp-aarch64   build tree, cargo target, wheels by source hash (under /tmp:
 #                                          the chroot sees the host's /tmp at the same path)
 #   AARCH64_POLICY=manylinux_2_34          the manylinux policy auditwheel must accept: linking against
@@ -68,8 +68,10 @@ installed() { [ "$(in_sid dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "ins
 # --- 0. the chroot, mounted --------------------------------------------------------------------
 begin "sid chroot"
 if [ ! -x "$SID_ROOT/usr/bin/python$PY" ]; then
-    setup=$root/../shared/tools/sid-pythons.sh
-    [ -f "$setup" ] || die "no sid chroot at $SID_ROOT and no $setup to make one; skipping the aarch64 tier"
+    # The repository's own setup (what scripts/test.sh uses), else the team's shared one.
+    setup=$root/scripts/sid-chroot.sh
+    [ -f "$setup" ] || setup=$root/../shared/tools/sid-pythons.sh
+    [ -f "$setup" ] || die "no sid chroot at $SID_ROOT and no scripts/sid-chroot.sh to make one; skipping the aarch64 tier"
     log "no chroot at $SID_ROOT: making it with $setup"
     SID_ROOT=$SID_ROOT PROJECT_SRC=$root bash "$setup"
 fi
