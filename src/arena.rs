@@ -193,37 +193,40 @@ mod tests {
         }
     }
 
-    #[cfg(target_arch = "x86_64")]
+    // Native arenas: x86_64 here, aarch64 under qemu-user (scripts/aarch64-tier.sh).
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[test]
     fn slots_hold_the_stub_and_arenas_grow() {
         let arch = arch::native().unwrap();
-        let mut mem = ExecMemory::new(arch, 16);
+        let stride = arch.slot_stride;
+        let mut mem = ExecMemory::new(arch, stride);
         let first = mem.allocate(&mut Anonymous).unwrap();
         let second = mem.allocate(&mut Anonymous).unwrap();
-        assert_eq!(second.as_ptr() as usize - first.as_ptr() as usize, 16);
+        assert_eq!(second.as_ptr() as usize - first.as_ptr() as usize, stride);
         // SAFETY: slots are mapped readable.
-        let code = unsafe { std::slice::from_raw_parts(second.as_ptr(), 16) };
+        let code = unsafe { std::slice::from_raw_parts(second.as_ptr(), stride) };
         assert_eq!(code, arch.slot_template);
-        for _ in 2..4096 {
+        let per_arena = slots_per_arena(ARENA_SIZE, stride);
+        for _ in 2..per_arena {
             mem.allocate(&mut Anonymous).unwrap();
         }
         assert_eq!(mem.mapped_bytes(), ARENA_SIZE);
         mem.allocate(&mut Anonymous).unwrap();
         assert_eq!(mem.mapped_bytes(), 2 * ARENA_SIZE);
-        assert_eq!(mem.used_bytes(), 4097 * 16);
+        assert_eq!(mem.used_bytes(), (per_arena + 1) * stride);
     }
 
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[test]
     fn a_retired_arena_gets_no_more_slots() {
         let arch = arch::native().unwrap();
-        let mut mem = ExecMemory::new(arch, 16);
+        let mut mem = ExecMemory::new(arch, arch.slot_stride);
         let first = mem.allocate(&mut Anonymous).unwrap().as_ptr() as usize;
         mem.retire_current_arena();
         let second = mem.allocate(&mut Anonymous).unwrap().as_ptr() as usize;
         assert!(second < first || second >= first + ARENA_SIZE, "{first:#x} {second:#x}");
         assert_eq!(mem.mapped_bytes(), 2 * ARENA_SIZE);
         let third = mem.allocate(&mut Anonymous).unwrap().as_ptr() as usize;
-        assert_eq!(third, second + 16, "the new arena is used from then on");
+        assert_eq!(third, second + arch.slot_stride, "the new arena is used from then on");
     }
 }

@@ -210,7 +210,7 @@ pub fn encode_unwinding_info(buf: &mut Vec<u8>, timestamp: u64, unwind: &UnwindI
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::{self, x86_64};
+    use crate::arch::{self, aarch64, x86_64};
     use crate::unwind::unwind_info;
     use linux_perf_data::jitdump::{JitDumpReader, JitDumpRecord, JitDumpRecordType};
 
@@ -331,6 +331,14 @@ mod tests {
         assert_eq!(
             jit_slot_size(&x86_64::ARCH, &unwind),
             96,
+            "mapped_size {}",
+            unwind.mapped_size()
+        );
+        // tests/conftest.py's STUBS states both; the aarch64 value is checked under qemu.
+        let unwind = unwind_info(&aarch64::ARCH);
+        assert_eq!(
+            jit_slot_size(&aarch64::ARCH, &unwind),
+            112,
             "mapped_size {}",
             unwind.mapped_size()
         );

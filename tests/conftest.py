@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -67,6 +68,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
         for item in items:
             if "once" in item.keywords:
                 item.add_marker(skip)
+
+
+@dataclass(frozen=True)
+class StubFacts:
+    elf_machine: int  # jitdump header e_machine
+    code_size: int  # the stub's instructions: the size the perf map and jitdump give
+    map_slot: int  # executable bytes per map-mode trampoline
+    jit_slot: int  # executable bytes per jit-mode trampoline (stub + unwind data, to 16)
+
+
+# Written out here, not read from the extension, so the tests check src/arch/ against
+# independent numbers on whichever architecture they run (aarch64: scripts/aarch64-tier.sh).
+STUBS = {
+    "x86_64": StubFacts(elf_machine=62, code_size=12, map_slot=16, jit_slot=96),
+    "aarch64": StubFacts(elf_machine=183, code_size=20, map_slot=32, jit_slot=112),
+}
+
+
+def native_stub() -> StubFacts:
+    machine = platform.machine()
+    return STUBS[{"arm64": "aarch64", "amd64": "x86_64"}.get(machine, machine)]
 
 
 def interpreter_has_frame_pointers() -> bool:

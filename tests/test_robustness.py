@@ -197,15 +197,20 @@ def test_finalization_with_daemon_threads_making_trampolines(run_python, tmp_pat
 
 SIGNAL_STORM = """\
 import os, signal, sys, time
-pid = int(sys.argv[1])
+pid, interval = int(sys.argv[1]), float(sys.argv[2])
 n = 0
 while os.getppid() == pid:  # stops when its parent, the target, is gone
     os.kill(pid, signal.SIGUSR1)
     n += 1
     if n % 3 == 0:
         os.kill(pid, signal.SIGINT)
-    time.sleep(0.0001)
+    time.sleep(interval)
 """
+# Seconds between signals: 0.1 ms, times how much slower than native the interpreter runs.
+# Under qemu-user (scripts/aarch64-tier.sh sets PERFTRAMP_EMULATION_SLOWDOWN) a handler that
+# makes a new trampoline takes ~0.6 ms instead of ~30 us: at the native rate handlers nest ever
+# deeper until the recursion limit, which measures the emulator's speed, not perftramp.
+STORM_INTERVAL = 0.0001 * float(os.environ.get("PERFTRAMP_EMULATION_SLOWDOWN", "1"))
 
 
 @pytest.mark.parametrize("mode", ["map", "jit"])
@@ -282,7 +287,7 @@ def test_signals_during_a_burst_of_new_trampolines(run_python, tmp_path, mode):
                     pass
             return state['results']
 
-        sender = subprocess.Popen([sys.executable, {str(storm)!r}, str(os.getpid())],
+        sender = subprocess.Popen([sys.executable, {str(storm)!r}, str(os.getpid()), {str(STORM_INTERVAL)!r}],
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
         time.sleep(0.05)

@@ -122,6 +122,29 @@ pub fn stack_pointer() -> usize {
     sp
 }
 
+/// The frame-pointer register (x86_64 rbp, aarch64 x29): the address of the current function's
+/// frame record {caller's frame pointer, return address} when frame pointers are kept.
+#[cfg(test)]
+#[inline(always)]
+pub fn frame_pointer() -> usize {
+    let fp: usize;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: copies rbp into a register; no memory access.
+    unsafe {
+        std::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags))
+    };
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: copies x29 into a register; no memory access.
+    unsafe {
+        std::arch::asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags))
+    };
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        fp = 0;
+    }
+    fp
+}
+
 /// Makes freshly written code visible to instruction fetch on the native architecture. Call
 /// after writing an arena and before any of it runs.
 ///
@@ -177,5 +200,61 @@ mod tests {
     #[test]
     fn native_is_x86_64_here() {
         assert_eq!(native().map(|a| a.name), Some("x86_64"));
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn native_is_aarch64_here() {
+        assert_eq!(native().map(|a| a.name), Some("aarch64"));
+    }
+
+    /// What the evaluator saw: its caller's frame record (the stub's) and the record that one
+    /// links to (the test function's).
+    static SEEN: [std::sync::atomic::AtomicUsize; 4] =
+        [const { std::sync::atomic::AtomicUsize::new(0) }; 4];
+
+    extern "C" fn evaluator(a: usize, b: usize, c: core::ffi::c_int) -> usize {
+        use std::sync::atomic::Ordering::SeqCst;
+        let fp = frame_pointer() as *const usize;
+        // SAFETY: frame pointers are forced (.cargo/config.toml), so fp is this function's frame
+        // record {caller fp, return address} and the caller's fp is the stub's live record.
+        unsafe {
+            let stub_record = *fp as *const usize;
+            SEEN[0].store(*fp.add(1), SeqCst); // return address: inside the stub
+            SEEN[1].store(stub_record as usize, SeqCst);
+            SEEN[2].store(*stub_record, SeqCst); // the test function's frame pointer
+            SEEN[3].store(*stub_record.add(1), SeqCst); // return address into the test function
+        }
+        a * 1000 + b * 10 + c as usize
+    }
+
+    /// The native stub, run from a real arena (mapped, filled, made r-x and flushed as in
+    /// production): arguments and result pass through, and the frame-record chain goes
+    /// evaluator -> stub -> caller, which is what perf's frame-pointer unwinding walks.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    #[test]
+    fn native_stub_runs_from_an_arena_and_links_the_frame_records() {
+        use std::sync::atomic::Ordering::SeqCst;
+        type Evaluator = extern "C" fn(usize, usize, core::ffi::c_int) -> usize;
+        type Stub = unsafe extern "C" fn(usize, usize, core::ffi::c_int, Evaluator) -> usize;
+        let arch = native().unwrap();
+        let mut mem = crate::arena::ExecMemory::new(arch, arch.slot_stride);
+        mem.allocate().unwrap();
+        // The second slot: not at the arena's start.
+        let slot = mem.allocate().unwrap().as_ptr() as usize;
+        // SAFETY: the slot holds the native stub, mapped read-execute, with this signature.
+        let stub = unsafe { std::mem::transmute::<usize, Stub>(slot) };
+        let caller_fp = frame_pointer();
+        // SAFETY: see above; the evaluator only reads live frame records.
+        let result = unsafe { stub(7, 5, 3, evaluator) };
+        assert_eq!(result, 7053);
+        let seen: Vec<usize> = SEEN.iter().map(|s| s.load(SeqCst)).collect();
+        assert!(
+            (slot..slot + arch.code.len()).contains(&seen[0]),
+            "return into the stub: {seen:x?}"
+        );
+        assert!(seen[1] < caller_fp, "the stub's record is below the caller's: {seen:x?}");
+        assert_eq!(seen[2], caller_fp, "the stub's record links to its caller's");
+        assert!(seen[3] != 0 && !(slot..slot + arch.slot_stride).contains(&seen[3]));
     }
 }
