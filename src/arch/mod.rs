@@ -239,9 +239,10 @@ mod tests {
         type Stub = unsafe extern "C" fn(usize, usize, core::ffi::c_int, Evaluator) -> usize;
         let arch = native().unwrap();
         let mut mem = crate::arena::ExecMemory::new(arch, arch.slot_stride);
-        mem.allocate().unwrap();
+        let mut backing = crate::arena::Anonymous;
+        mem.allocate(&mut backing).unwrap();
         // The second slot: not at the arena's start.
-        let slot = mem.allocate().unwrap().as_ptr() as usize;
+        let slot = mem.allocate(&mut backing).unwrap().as_ptr() as usize;
         // SAFETY: the slot holds the native stub, mapped read-execute, with this signature.
         let stub = unsafe { std::mem::transmute::<usize, Stub>(slot) };
         let caller_fp = frame_pointer();
