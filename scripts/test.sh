@@ -8,6 +8,7 @@
 #   PERFTRAMP_NO_FP_BUILD=1 bash scripts/test.sh                    # skip the frame-pointer build
 #   PERFTRAMP_NO_REGRTEST=1 bash scripts/test.sh                    # skip CPython's own tests
 #   PERFTRAMP_NO_SID=1 bash scripts/test.sh                         # skip the sid chroot tier
+#   PERFTRAMP_NO_AARCH64=1 bash scripts/test.sh                     # skip the aarch64 qemu tier
 #   bash scripts/test.sh -k perf         # extra arguments go to pytest
 #
 # Then CPython 3.14 and 3.15 (Debian sid's, in a chroot set up by scripts/sid-chroot.sh; needs
@@ -259,6 +260,24 @@ if [ "${PERFTRAMP_NO_SID:-0}" != 1 ]; then
         total_passed=$((total_passed + sid_rust_passed)); total_failed=$((total_failed + sid_rust_failed))
         report+=("rust (python$newest, sid): $sid_rust_passed passed, $sid_rust_failed failed")
     fi
+fi
+
+# --- aarch64: the extension cross-built, its tests run with an arm64 CPython under qemu -----------
+if [ "${PERFTRAMP_NO_AARCH64:-0}" != 1 ]; then
+    echo "== aarch64 tier (scripts/aarch64-tier.sh: arm64 CPython 3.14 under qemu-user, no perf)"
+    set +e
+    bash scripts/aarch64-tier.sh "$root/target/dist-aarch64" 2>&1 | tee "$root/target/aarch64-tier.log"
+    code=${PIPESTATUS[0]}
+    set -e
+    line=$(grep -E '^aarch64: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped' "$root/target/aarch64-tier.log" | tail -n1)
+    read -r arm_passed arm_failed arm_skipped < <(awk '{print $2, $4, $6}' <<<"${line:-aarch64: 0 passed, 0 failed, 0 skipped}")
+    if [ "$code" -ne 0 ] && [ "${arm_failed:-0}" -eq 0 ]; then arm_failed=1; fi
+    if [ -z "$line" ] || [ "${arm_passed:-0}" -eq 0 ]; then
+        echo "test.sh: the aarch64 tier ran no test (exit $code)" >&2; arm_failed=$((arm_failed + 1))
+    fi
+    total_passed=$((total_passed + arm_passed)); total_failed=$((total_failed + arm_failed))
+    total_skipped=$((total_skipped + arm_skipped))
+    report+=("aarch64 (qemu, 3.14): $arm_passed passed, $arm_failed failed, $arm_skipped skipped")
 fi
 
 echo
