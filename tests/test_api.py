@@ -125,6 +125,9 @@ def test_unwritable_map_path_raises_oserror_and_leaves_nothing_enabled(run_pytho
         import perftramp
         path = f'/tmp/perf-{os.getpid()}.map'
         target = path + '.target'
+        for stale in (path, target):  # left by an earlier process with this pid (pids are reused)
+            if os.path.lexists(stale):
+                os.unlink(stale)
         os.symlink(target, path)
         try:
             try:
