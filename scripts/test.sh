@@ -134,7 +134,7 @@ for py in "${pythons[@]}"; do
     xml="$root/target/pytest/$tag.xml"
     env_extra=()
     [ "$index" -gt 0 ] && env_extra+=(PERFTRAMP_SKIP_ONCE=1)
-    [ "$py" = "$fp_python" ] && env_extra+=(PERFTRAMP_EXPECT_FP=1)
+    [ "$py" = "$fp_python" ] && env_extra+=(PERFTRAMP_EXPECT_FP=1 PERFTRAMP_FULL_FORK_MATRIX=1)
     [ -n "$path_extra" ] && env_extra+=(PATH="$path_extra:$PATH")
     set +e
     (cd "$root" && env "${env_extra[@]}" PERFTRAMP_REQUIRE_PERF=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider \
@@ -212,7 +212,7 @@ if [ "${PERFTRAMP_NO_SID:-0}" != 1 ]; then
                 echo "test.sh: building perftramp for $tag failed" >&2
                 total_failed=$((total_failed + 1)); report+=("$tag: BUILD FAILED"); continue
             fi
-            env_extra=(PERFTRAMP_SKIP_ONCE=1 PERFTRAMP_REQUIRE_PERF=1
+            env_extra=(PERFTRAMP_SKIP_ONCE=1 PERFTRAMP_REQUIRE_PERF=1 PERFTRAMP_FULL_FORK_MATRIX=1
                        PERFTRAMP_JITDUMP_FOLLOWER="$sid_src/target/jitdump_follow")
             # 3.15 builds keep frame pointers by default: the fp tests must run, not skip.
             case $v in 3.14) ;; *) env_extra+=(PERFTRAMP_EXPECT_FP=1) ;; esac

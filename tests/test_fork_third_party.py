@@ -37,7 +37,9 @@ def flake8() -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("mode", ["auto", "jit"])
+# auto (elf, or map + fp) on every interpreter; jit mode (with perf inject) on the first one
+# (`once`), to keep CI short: the fork fix itself is checked in every mode by test_fork_attribution.
+@pytest.mark.parametrize("mode", ["auto", pytest.param("jit", marks=pytest.mark.once)])
 def test_flake8_workers_are_named_by_their_own_work(perf, tmp_path, mode):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
