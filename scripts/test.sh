@@ -9,6 +9,7 @@
 #   PERFTRAMP_NO_REGRTEST=1 bash scripts/test.sh                    # skip CPython's own tests
 #   PERFTRAMP_NO_SID=1 bash scripts/test.sh                         # skip the sid chroot tier
 #   PERFTRAMP_NO_AARCH64=1 bash scripts/test.sh                     # skip the aarch64 qemu tier
+#   PERFTRAMP_DBG=1 bash scripts/test.sh                            # add the -dbg builds (nightly)
 #   bash scripts/test.sh -k perf         # extra arguments go to pytest
 #
 # Then CPython 3.14 and 3.15 (Debian sid's, in a chroot set up by scripts/sid-chroot.sh; needs
@@ -260,6 +261,32 @@ if [ "${PERFTRAMP_NO_SID:-0}" != 1 ]; then
         total_passed=$((total_passed + sid_rust_passed)); total_failed=$((total_failed + sid_rust_failed))
         report+=("rust (python$newest, sid): $sid_rust_passed passed, $sid_rust_failed failed")
     fi
+fi
+
+# --- Debug builds (opt-in, nightly-sized: PERFTRAMP_DBG=1): the suite on python3.14-dbg and
+# python3.15-dbg (assertions and reference-count checks on) in the sid chroot, as a stress run.
+if [ "${PERFTRAMP_DBG:-0}" = 1 ] && [ "${PERFTRAMP_NO_SID:-0}" != 1 ] && [ -d "${sid_src:-}" ]; then
+    for v in ${SID_PYTHONS:-3.14 3.15}; do
+        in_sid dpkg -s "python$v-dbg" >/dev/null 2>&1 \
+            || in_sid env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "python$v-dbg" >/dev/null
+        venv=/opt/venvs/perftramp-ci-dbg-py$v
+        tag="$v-dbg"
+        echo "== CPython $tag (sid chroot, python${v}d, $venv)"
+        [ -x "$sid_root$venv/bin/python" ] || in_sid "python${v}d" -m venv "$venv"
+        in_sid "$venv/bin/python" -m pip install -q pytest flake8
+        if ! in_sid env CARGO_TARGET_DIR="/tmp/perftramp-ci-target-dbg-$v" "$venv/bin/python" -m pip \
+                install -q --force-reinstall --no-deps "$sid_src"; then
+            total_failed=$((total_failed + 1)); report+=("$tag: BUILD FAILED"); continue
+        fi
+        xml="target/pytest/$tag.xml"
+        set +e
+        in_sid env PERFTRAMP_SKIP_ONCE=1 PERFTRAMP_REQUIRE_PERF=1 \
+            PERFTRAMP_JITDUMP_FOLLOWER="$sid_src/target/jitdump_follow" sh -c "cd $sid_src && \
+            exec $venv/bin/python -m pytest -q -p no:cacheprovider --junitxml=$xml -o junit_family=xunit2 $* tests"
+        code=$?
+        set -e
+        sid_account "$tag, perf $sid_perf" "$sid_src/$xml" "$code"
+    done
 fi
 
 # --- aarch64: the extension cross-built, its tests run with an arm64 CPython under qemu -----------
