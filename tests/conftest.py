@@ -219,6 +219,29 @@ while time.monotonic() < deadline:
 """
 
 
+# hot <- middle <- Outer.run, hot in hot: `python workload.py [SECONDS]` (the CLI's tests).
+HOT_MIDDLE_OUTER = """\
+import sys, time
+
+def hot(n):
+    s = 0
+    for i in range(n):
+        s += i * i
+    return s
+
+def middle(n):
+    return hot(n)
+
+class Outer:
+    def run(self, seconds):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            middle(20000)
+
+Outer().run(float(sys.argv[1]) if len(sys.argv) > 1 else 1.0)
+"""
+
+
 def py_name(qualname: str, filename: str) -> str:
     """The name perftramp writes. 3.9/3.10 code objects have no qualname: co_name is used."""
     if sys.version_info < (3, 11):

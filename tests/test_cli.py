@@ -18,29 +18,10 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-from conftest import PERF_ENV, interpreter_has_frame_pointers, py_name
+from conftest import HOT_MIDDLE_OUTER, PERF_ENV, interpreter_has_frame_pointers, py_name
 from perftramp import _perfscript as ps
 
-WORKLOAD = """\
-import sys, time
-
-def hot(n):
-    s = 0
-    for i in range(n):
-        s += i * i
-    return s
-
-def middle(n):
-    return hot(n)
-
-class Outer:
-    def run(self, seconds):
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            middle(20000)
-
-Outer().run(float(sys.argv[1]) if len(sys.argv) > 1 else 1.0)
-"""
+WORKLOAD = HOT_MIDDLE_OUTER
 
 # A live server-like loop that installs perftramp's signal toggle itself (perftramp starts off).
 TOGGLED = """\

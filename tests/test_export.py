@@ -15,7 +15,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from conftest import PERF_ENV
+from conftest import HOT_MIDDLE_OUTER, PERF_ENV
 from perftramp import _folding as fold
 from perftramp._export_gecko import gecko_json
 from perftramp._export_pprof import pprof_bytes
@@ -176,26 +176,7 @@ def _validate_speedscope(doc: Dict[str, object]) -> None:
         assert all(0 <= i < len(doc["shared"]["frames"]) for s in profile["samples"] for i in s)
 
 
-WORKLOAD = """\
-import sys, time
-
-def hot(n):
-    s = 0
-    for i in range(n):
-        s += i * i
-    return s
-
-def middle(n):
-    return hot(n)
-
-class Outer:
-    def run(self, seconds):
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            middle(20000)
-
-Outer().run(float(sys.argv[1]))
-"""
+WORKLOAD = HOT_MIDDLE_OUTER
 
 
 @pytest.fixture(scope="module")
