@@ -132,7 +132,10 @@ def test_fp_stacks_are_full_through_every_kind_of_call(perf, tmp_path):
         counts[caller] = sum(has_chain(s.symbols, chain) for s in samples)
     if init_inline:
         init = py_name("C.__init__", str(script))
-        assert not any(init in s.symbols for s in samples), "3.13 gave __init__ a frame after all"
+        # Only calls made before CPython specializes the call site go through the hook (-X
+        # perf: 1 of 88 samples): a few samples may show it, most must not.
+        with_init = sum(init in s.symbols for s in samples)
+        assert with_init <= 0.1 * len(samples), f"3.13 gave __init__ a frame after all: {with_init}"
     print(f"{len(samples)} samples in leaf, full chains per call kind: {counts}")
     share = sum(counts.values()) / len(samples)
     assert share >= 0.90, f"{share:.1%} of leaf samples have a full chain: {counts}"
