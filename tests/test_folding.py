@@ -157,6 +157,19 @@ def test_interpreter_dsos():
 
 
 @pytest.mark.once
+def test_c_runtime_start_up_below_python_goes_and_libc_work_above_stays():
+    # Debian sid's stripped libc leaves its start-up frame unnamed: perf shows [unknown] in libc.
+    frames = (("_start", EXE), ("[unknown]", LIBC), ("Py_BytesMain", EXE),
+              ("py::<module>:/t/w.py", "/tmp/perf-1.map"), ("_PyEval_EvalFrameDefault", LIB),
+              ("py::hot:/t/w.py", "/tmp/perf-1.map"), ("__memmove_avx_unaligned", LIBC))
+    kept = [symbol for symbol, _, _ in fold.fold_frames(frames)]
+    assert kept == ["py::<module>:/t/w.py", "py::hot:/t/w.py", "__memmove_avx_unaligned"]
+    assert fold.is_c_runtime("/lib64/ld-linux-x86-64.so.2") and fold.is_c_runtime(LIBC)
+    assert not fold.is_c_runtime("/usr/lib/x86_64-linux-gnu/libcrypto.so.3")
+    assert not fold.is_c_runtime(JSON_EXT)
+
+
+@pytest.mark.once
 def test_definition_lines_match_the_code_objects():
     """Every line the scanner gives is co_firstlineno; most functions get one."""
     lines = _labels.DefinitionLines()

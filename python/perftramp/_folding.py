@@ -10,9 +10,10 @@ README "The Python view"):
 * A frame is *interpreter* when its DSO is the interpreter (`python3.X`, `libpython3.X*.so`) or
   perftramp's extension (its hook frames); a frame in any other DSO is *native* (C extensions,
   libc, mypyc/Cython modules), a `py::` frame *python*, a kernel frame *kernel*.
-* Below the outermost Python frame, interpreter frames and the process/thread entry points
-  (`_start`, `__libc_start_main`, `start_thread`, `clone3`) are dropped: they are the same for
-  every sample (`Py_BytesMain`, `pymain_run_python`, `run_mod`, `thread_run`...).
+* Below the outermost Python frame, interpreter frames, the process/thread entry points
+  (`_start`, `__libc_start_main`, `start_thread`, `clone3`) and other libc / dynamic-loader
+  frames (a stripped libc's unnamed start-up frames) are dropped: they are the same for every
+  sample (`Py_BytesMain`, `pymain_run_python`, `run_mod`, `thread_run`...).
 * Between two Python frames, every interpreter frame is dropped: it is how CPython called the
   next function (including a builtin that calls back into Python, e.g. `sorted(key=...)`).
   Native frames there stay (a C extension calling back into Python).
@@ -175,10 +176,13 @@ def fold_frames(frames: Tuple[Tuple[str, str], ...]) -> List[Tuple[str, str, str
     # the collector, an import) stays; before that it is the function's own bytecode.
     work = next((i for i in range(last + 1, len(frames))
                  if kinds[i] == INTERPRETER and INTERPRETER_WORK.match(frames[i][0])), len(frames))
+    first = python[0] if python else len(frames)
     kept: List[Tuple[str, str, str]] = []
     for index, ((symbol, dso), kind) in enumerate(zip(frames, kinds)):
         if symbol in ENTRY_POINTS:
             continue
+        if kind == NATIVE and index < first and is_c_runtime(dso):
+            continue  # the C runtime starting the process or a thread (unnamed in a stripped libc)
         if kind == INTERPRETER:
             if python and index < work:
                 continue  # how CPython got there, or the function's own bytecode
@@ -186,6 +190,15 @@ def fold_frames(frames: Tuple[Tuple[str, str], ...]) -> List[Tuple[str, str, str
                 continue  # elsewhere only the call machinery goes
         kept.append((symbol, dso, kind))
     return kept
+
+
+_C_RUNTIME = re.compile(r"^(?:libc|libpthread|ld-linux[\w.-]*|ld-musl[\w.-]*)(?:[.-]|$)")
+
+
+def is_c_runtime(dso: str) -> bool:
+    """libc and the dynamic loader: below the outermost Python frame they only start the
+    process or thread (Debian sid's stripped libc leaves those frames unnamed, `[libc.so.6]`)."""
+    return bool(_C_RUNTIME.match(dso.rsplit("/", 1)[-1]))
 
 
 def is_perftramp(dso: str) -> bool:
