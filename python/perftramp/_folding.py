@@ -161,9 +161,10 @@ def is_complete(frames: Tuple[Tuple[str, str], ...]) -> bool:
         return True
     kinds = [frame_kind(symbol, dso) for symbol, dso in frames]
     if PYTHON in kinds:
-        below = frames[:kinds.index(PYTHON)]
-        return (all(kind == INTERPRETER for kind in kinds[:len(below)])
-                and any(_RUNS_MAIN.match(symbol) for symbol, _ in below))
+        below = [(frame, kind) for frame, kind in zip(frames[:kinds.index(PYTHON)], kinds)
+                 if not is_start_up_noise(frame[1], kind)]
+        return (all(kind == INTERPRETER for _, kind in below)
+                and any(_RUNS_MAIN.match(symbol) for (symbol, _), _ in below))
     return all(kind == KERNEL for kind in kinds)
 
 
@@ -181,7 +182,7 @@ def fold_frames(frames: Tuple[Tuple[str, str], ...]) -> List[Tuple[str, str, str
     for index, ((symbol, dso), kind) in enumerate(zip(frames, kinds)):
         if symbol in ENTRY_POINTS:
             continue
-        if kind == NATIVE and index < first and is_c_runtime(dso):
+        if index < first and is_start_up_noise(dso, kind):
             continue  # the C runtime starting the process or a thread (unnamed in a stripped libc)
         if kind == INTERPRETER:
             if python and index < work:
@@ -199,6 +200,12 @@ def is_c_runtime(dso: str) -> bool:
     """libc and the dynamic loader: below the outermost Python frame they only start the
     process or thread (Debian sid's stripped libc leaves those frames unnamed, `[libc.so.6]`)."""
     return bool(_C_RUNTIME.match(dso.rsplit("/", 1)[-1]))
+
+
+def is_start_up_noise(dso: str, kind: str) -> bool:
+    """Below the outermost Python frame: the C runtime, or an address in no mapping at all (a
+    frame-pointer walk that went past the C runtime's start, which keeps no frame pointer)."""
+    return kind == NATIVE and (is_c_runtime(dso) or dso in ("[unknown]", ""))
 
 
 def is_perftramp(dso: str) -> bool:
