@@ -195,6 +195,20 @@ def perf_record(perf: str, data: Path, command: List[str], *, call_graph: str = 
     return proc
 
 
+def run_behaviour_suite(mode: str, cwd: Path) -> None:
+    """The whole behaviour module again, in a child pytest with `mode`'s trampolines
+    (PERFTRAMP_TEST_MODE; one mode per process)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+         str(Path(__file__).parent / "test_behaviour.py")],
+        capture_output=True, text=True, env=dict(os.environ, PERFTRAMP_TEST_MODE=mode),
+        cwd=str(cwd), timeout=600,
+    )
+    tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert re.search(r"\d+ passed", tail) and "failed" not in tail, tail
+
+
 # foo <- bar <- baz, hot in foo: `python workload.py MODE SECONDS [JITDUMP_DIRECTORY]`.
 FOO_BAR_BAZ = """\
 import sys, time

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import stat
 import subprocess
 import sys
 import time
@@ -16,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FOO_BAR_BAZ, PERF_ENV, has_chain, perf_record, perf_script, py_name
+from conftest import FOO_BAR_BAZ, PERF_ENV, has_chain, perf_record, perf_script, py_name, run_behaviour_suite
 
 # Stack bytes perf copies per sample: enough for a few Python frames through the evaluator.
 DWARF = "dwarf,16384"
@@ -229,16 +227,7 @@ def test_disk_full_is_a_clean_error_and_the_program_finishes(run_python, tmp_pat
 
 def test_behaviour_suite_passes_in_elf_mode(tmp_path):
     """The whole behaviour module again, with elf-mode trampolines."""
-    here = Path(__file__).parent
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
-         str(here / "test_behaviour.py")],
-        capture_output=True, text=True, env=dict(os.environ, PERFTRAMP_TEST_MODE="elf"),
-        cwd=str(tmp_path), timeout=600,
-    )
-    tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert re.search(r"\d+ passed", tail) and "failed" not in tail, tail
+    run_behaviour_suite("elf", tmp_path)
 
 
 GROWING = """\

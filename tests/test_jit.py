@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FOO_BAR_BAZ, PERF_ENV, has_chain, native_stub, perf_record, perf_script, py_name
+from conftest import FOO_BAR_BAZ, PERF_ENV, has_chain, native_stub, perf_record, perf_script, py_name, run_behaviour_suite
 
 
 HEADER = struct.Struct("=IIIIIIQQ")
@@ -318,16 +318,7 @@ def test_disk_full_warns_once_and_the_program_finishes(run_python, tmp_path):
 
 def test_behaviour_suite_passes_in_jit_mode(tmp_path):
     """The whole behaviour module again, with jit-mode trampolines (one mode per process)."""
-    here = Path(__file__).parent
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
-         str(here / "test_behaviour.py")],
-        capture_output=True, text=True, env=dict(os.environ, PERFTRAMP_TEST_MODE="jit"),
-        cwd=str(tmp_path), timeout=600,
-    )
-    tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert re.search(r"\d+ passed", tail) and "failed" not in tail, tail
+    run_behaviour_suite("jit", tmp_path)
 
 
 @pytest.mark.perf
