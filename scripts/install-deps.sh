@@ -10,6 +10,7 @@ packages=(
     gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu libc6-dev-arm64-cross
     qemu-user-static                 # runs the aarch64 slot harness
     golang-go                        # go tool pprof reads report --format pprof (tests/test_export.py)
+    chromium                         # runs speedscope's own app on report --format speedscope (tests/readers.py)
 )
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -47,6 +47,13 @@ fi
 
 first="${pythons[0]}"
 
+# Third-party readers of the exports (speedscope's release build), fetched from PyPI and cached;
+# tests on the host must find them (the sid chroot has no Chromium: they skip there).
+while IFS='=' read -r name value; do
+    [ -n "$name" ] && export "$name=$value"
+done < <(bash scripts/fetch-readers.sh "$first" || echo "test.sh: fetching the export readers failed" >&2)
+export PERFTRAMP_REQUIRE_READERS=1
+
 # "passed failed skipped tests" of a pytest JUnit XML file ("0 0 0 0" if it is missing).
 junit_counts() {
     "$first" - "$1" <<'PY'
@@ -112,14 +119,15 @@ for py in "${pythons[@]}"; do
     venv="$root/.venvs/$tag"
     [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-    "$venv/bin/python" -m pip install -q pytest flake8  # flake8: a real forking program (tests/test_fork_third_party.py)
+    # flake8: a real forking program (tests/test_fork_third_party.py); jsonschema: speedscope's schema
+    "$venv/bin/python" -m pip install -q pytest flake8 jsonschema
     source_label="source tree"
     install=(-m pip install -q --force-reinstall --no-deps "$root")
     path_extra=""
     if [ "$index" -eq 0 ] && [ "$wheel_built" = 1 ]; then
         # A fresh venv, perftramp from the wheel alone, no Rust toolchain reachable.
         rm -rf "$venv"; "$py" -m venv "$venv"
-        "$venv/bin/python" -m pip install -q pytest flake8
+        "$venv/bin/python" -m pip install -q pytest flake8 jsonschema
         source_label="wheel $(cd "$dist" && ls perftramp-*.whl)"
         install=(-m pip install -q --no-index --find-links "$dist" --only-binary perftramp perftramp)
         path_extra="$no_rust"

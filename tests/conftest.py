@@ -149,6 +149,41 @@ def perf() -> str:
     return path
 
 
+def _reader_missing(what: str) -> None:
+    """Third-party readers are fetched by scripts/test.sh (scripts/fetch-readers.sh), which sets
+    PERFTRAMP_REQUIRE_READERS=1 where they must exist (the host; the sid chroot has no Chromium)."""
+    if os.environ.get("PERFTRAMP_REQUIRE_READERS") == "1":
+        pytest.fail(f"{what} is required here but missing")
+    pytest.skip(f"{what} is missing (bash scripts/fetch-readers.sh; apt-get install chromium)")
+
+
+@pytest.fixture(scope="session")
+def speedscope_schema() -> Dict[str, object]:
+    """speedscope's published file-format-schema.json (from its release build)."""
+    import json
+
+    import readers
+
+    directory = readers.speedscope_dir()
+    if directory is None or not (directory / "file-format-schema.json").is_file():
+        _reader_missing("speedscope's release build (PERFTRAMP_SPEEDSCOPE_DIR)")
+    try:
+        import jsonschema  # noqa: F401
+    except ImportError:
+        _reader_missing("jsonschema (pip install jsonschema)")
+    return json.loads((directory / "file-format-schema.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def speedscope(speedscope_schema) -> Path:
+    """speedscope's app directory, with Chromium to run it in."""
+    import readers
+
+    if readers.chromium() is None:
+        _reader_missing("chromium")
+    return readers.speedscope_dir()
+
+
 @pytest.fixture
 def perf_info(perf: str):
     """What the perf under test is and can do (version, dwarf unwinder)."""

@@ -39,8 +39,8 @@ def flake8() -> str:
 
 # auto (elf, or map + fp) on every interpreter; jit mode (with perf inject) on the first one
 # (`once`), to keep CI short: the fork fix itself is checked in every mode by test_fork_attribution.
-@pytest.mark.parametrize("mode", ["auto", pytest.param("jit", marks=pytest.mark.once)])
-def test_flake8_workers_are_named_by_their_own_work(perf, tmp_path, mode):
+def record_flake8(tmp_path: Path, mode: str) -> Path:
+    """`perftramp record` of flake8 -j 2 on 80 stdlib modules; returns the output directory."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     stdlib = Path(sysconfig.get_paths()["stdlib"])
@@ -53,6 +53,12 @@ def test_flake8_workers_are_named_by_their_own_work(perf, tmp_path, mode):
         capture_output=True, text=True, env=dict(os.environ, **PERF_ENV), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "no samples lost" in proc.stderr, proc.stderr[-2000:]
+    return out
+
+
+@pytest.mark.parametrize("mode", ["auto", pytest.param("jit", marks=pytest.mark.once)])
+def test_flake8_workers_are_named_by_their_own_work(perf, tmp_path, mode):
+    out = record_flake8(tmp_path, mode)
     data = rp.data_file(out)
     script = subprocess.run([perf, "script", "-F", "comm,pid,tid,ip,sym,dso", "-i", str(data)],
                             capture_output=True, text=True, env=dict(os.environ, **PERF_ENV))
@@ -68,7 +74,7 @@ def test_flake8_workers_are_named_by_their_own_work(perf, tmp_path, mode):
     assert len(workers) == 2, f"expected 2 flake8 workers doing the checks: {dict(per_pid)}"
     total = sum(c[0] for c in per_pid.values())
     work = sum(c[1] for c in workers.values())
-    assert work >= 0.4 * total, f"only {work}/{total} samples are in the workers' checks\n{proc.stdout}"
+    assert work >= 0.4 * total, f"only {work}/{total} samples are in the workers' checks: {dict(per_pid)}"
     for pid, (samples, doing, mislabelled) in workers.items():
         assert doing >= 0.8 * samples, f"worker {pid}: {doing}/{samples} samples in flake8's checkers"
         assert mislabelled == 0, f"worker {pid}: {mislabelled} samples name the parent's pool threads"
@@ -78,3 +84,36 @@ def test_flake8_workers_are_named_by_their_own_work(perf, tmp_path, mode):
                     if any(part in line for part in ("pycodestyle", "pyflakes", "flake8/processor",
                                                      "flake8/checker", "tokenize.py", "ast.py"))]
     assert len(checker_rows) >= 3, table
+
+
+#: Labels (`qualname (file.py:LINE)`) of code that runs in flake8's workers' checks.
+CHECKER_LABELS = ("(pycodestyle.py:", "(checker.py:", "(processor.py:", "(tokenize.py:",
+                  "(ast.py:", "(style_guide.py:", "(messages.py:")
+
+
+@pytest.mark.once
+def test_flake8_in_speedscope_one_profile_per_process(perf, tmp_path, speedscope):
+    """The speedscope export of the same program, opened in speedscope itself: the parent and
+    each worker are separate profiles, and each worker's frames are flake8's checkers, never the
+    parent's pool threads."""
+    import readers
+
+    out = record_flake8(tmp_path, "auto")
+    proc = subprocess.run([sys.executable, "-m", "perftramp", "report", str(out), "--format",
+                           "speedscope"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    read = readers.read_with_speedscope(out / "profile.speedscope.json", speedscope)
+    assert "flake8" in read.title, read.title
+    names = [p.name for p in read.profiles]
+    assert len(set(names)) == len(names) >= 3 and all("[pid " in n for n in names), names
+    workers = []
+    for profile in read.profiles:
+        total = max(t for t, _ in profile.frames.values())
+        checks = sum(s for name, (_, s) in profile.frames.items()
+                     if any(part in name for part in CHECKER_LABELS))
+        if checks >= 0.3 * total and total > 200:  # ms
+            workers.append(profile)
+            parent_only = [n for n in profile.frames if n.split(" (")[0] in PARENT_ONLY]
+            assert not parent_only, f"{profile.name} shows the parent's pool threads: {parent_only}"
+    assert len(workers) == 2, {p.name: sorted(p.frames.items(), key=lambda kv: -kv[1][1])[:8]
+                               for p in read.profiles}
