@@ -28,6 +28,9 @@ README "The Python view"):
   interpreter running the main module or a thread) stopped unwinding early: it is put under
   `[stack cut short]` instead of being drawn as if its outermost frame were a root.
 * Every stack starts with its process, `comm [pid N]`: forked workers never merge with the parent.
+* Names are matched, and native frames labelled, without the suffixes GCC gives the copies it
+  makes of a function (`gc_collect_main.lto_priv.0`, `PyObject_Vectorcall.constprop.2`,
+  `encoder_call.isra.0`): LTO builds (Debian's, most distributions') name much of CPython so.
 """
 
 from __future__ import annotations
@@ -76,6 +79,16 @@ INTERPRETER_WORK = re.compile(
 
 #: The marker under which a stack that stopped unwinding early is drawn.
 CUT_SHORT = "[stack cut short]"
+
+# What GCC appends to the copies it makes of a function (link-time and interprocedural
+# optimisation, hot/cold splitting): `.lto_priv.0`, `.constprop.2`, `.isra.0`, `.part.1`, `.cold`.
+_CLONE_SUFFIX = re.compile(r"(?:\.(?:lto_priv|constprop|isra|part|cold|localalias)(?:\.\d+)?)+$")
+
+
+def base_symbol(symbol: str) -> str:
+    """The function a compiler-made copy was made from: `gc_collect_main.lto_priv.0` ->
+    `gc_collect_main`."""
+    return _CLONE_SUFFIX.sub("", symbol)
 
 # Kinds of frames (also the flamegraph's colours and the gecko categories).
 PYTHON, NATIVE, INTERPRETER, KERNEL, PROCESS, MARKER = (
@@ -141,14 +154,18 @@ def frame_kind(symbol: str, dso: str) -> str:
 
 
 def is_plumbing(symbol: str) -> bool:
-    return bool(PLUMBING.match(symbol))
+    return bool(PLUMBING.match(base_symbol(symbol)))
+
+
+def is_interpreter_work(symbol: str) -> bool:
+    return bool(INTERPRETER_WORK.match(base_symbol(symbol)))
 
 
 #: How CPython runs the main module or a thread's function: a stack whose outermost frames are
 #: only these (and other interpreter frames) lost nothing the Python view shows (perf's DWARF
 #: copy of 64 KiB often ends just short of `_start` on deep stacks).
 _RUNS_MAIN = re.compile(r"^(?:run_mod|run_eval_code_obj|pymain_run_\w+|Py_RunMain|Py_BytesMain"
-                        r"|_?PyRun_\w+|thread_run|t_bootstrap|pythread_wrapper)(?:\.\w+\.\d+)?$")
+                        r"|_?PyRun_\w+|thread_run|t_bootstrap|pythread_wrapper)$")
 
 
 def is_complete(frames: Tuple[Tuple[str, str], ...]) -> bool:
@@ -157,14 +174,14 @@ def is_complete(frames: Tuple[Tuple[str, str], ...]) -> bool:
     an idle task) is complete."""
     if not frames:
         return True
-    if frames[0][0] in ENTRY_POINTS:
+    if base_symbol(frames[0][0]) in ENTRY_POINTS:
         return True
     kinds = [frame_kind(symbol, dso) for symbol, dso in frames]
     if PYTHON in kinds:
         below = [(frame, kind) for frame, kind in zip(frames[:kinds.index(PYTHON)], kinds)
                  if not is_start_up_noise(frame[1], kind)]
         return (all(kind == INTERPRETER for _, kind in below)
-                and any(_RUNS_MAIN.match(symbol) for (symbol, _), _ in below))
+                and any(_RUNS_MAIN.match(base_symbol(symbol)) for (symbol, _), _ in below))
     return all(kind == KERNEL for kind in kinds)
 
 
@@ -176,11 +193,11 @@ def fold_frames(frames: Tuple[Tuple[str, str], ...]) -> List[Tuple[str, str, str
     # Above the innermost Python frame, CPython's work from its first named entry on (a builtin,
     # the collector, an import) stays; before that it is the function's own bytecode.
     work = next((i for i in range(last + 1, len(frames))
-                 if kinds[i] == INTERPRETER and INTERPRETER_WORK.match(frames[i][0])), len(frames))
+                 if kinds[i] == INTERPRETER and is_interpreter_work(frames[i][0])), len(frames))
     first = python[0] if python else len(frames)
     kept: List[Tuple[str, str, str]] = []
     for index, ((symbol, dso), kind) in enumerate(zip(frames, kinds)):
-        if symbol in ENTRY_POINTS:
+        if base_symbol(symbol) in ENTRY_POINTS:
             continue
         if index < first and is_start_up_noise(dso, kind):
             continue  # the C runtime starting the process or a thread (unnamed in a stripped libc)
@@ -230,7 +247,7 @@ class Labeller:
             frame = ViewFrame(python_label(qualname, filename, line), PYTHON, qualname, filename,
                               line, symbol)
         else:
-            name = symbol[:-4] if symbol.endswith("_[k]") else symbol
+            name = base_symbol(symbol[:-4] if symbol.endswith("_[k]") else symbol)
             if name in ("[unknown]", "") and dso not in ("[unknown]", ""):
                 base = dso.rsplit("/", 1)[-1]
                 name = base if base.startswith("[") else f"[{base}]"
