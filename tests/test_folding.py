@@ -205,6 +205,11 @@ def test_c_runtime_start_up_below_python_goes_and_libc_work_above_stays():
             ("Py_BytesMain", EXE), ("run_mod", EXE), ("py::<module>:/t/w.py", "/tmp/perf-1.map"))
     assert fold.is_complete(root)
     assert [symbol for symbol, _, _ in fold.fold_frames(root)] == ["py::<module>:/t/w.py"]
+    # The same walk in a stack without a Python frame (the collector at shutdown) is complete.
+    shutdown = root[:5] + (("_Py_Finalize.constprop.0", EXE), ("gc_collect_main.lto_priv.0", EXE))
+    assert fold.is_complete(shutdown[:3] + shutdown[3:4] + shutdown[5:])
+    assert not fold.is_complete(root[:3])  # nothing but the C runtime: unwinding stopped there
+    assert not fold.is_complete((("_Py_Finalize.constprop.0", EXE), ("gc_collect_main", EXE)))
 
 
 @pytest.mark.once

@@ -90,6 +90,7 @@ def base_symbol(symbol: str) -> str:
     `gc_collect_main`."""
     return _CLONE_SUFFIX.sub("", symbol)
 
+
 # Kinds of frames (also the flamegraph's colours and the gecko categories).
 PYTHON, NATIVE, INTERPRETER, KERNEL, PROCESS, MARKER = (
     "python", "native", "interpreter", "kernel", "process", "marker")
@@ -177,12 +178,17 @@ def is_complete(frames: Tuple[Tuple[str, str], ...]) -> bool:
     if base_symbol(frames[0][0]) in ENTRY_POINTS:
         return True
     kinds = [frame_kind(symbol, dso) for symbol, dso in frames]
+    if all(kind == KERNEL for kind in kinds):
+        return True
+    first_python = kinds.index(PYTHON) if PYTHON in kinds else len(frames)
+    below = [(frame, kind) for frame, kind in zip(frames[:first_python], kinds)
+             if not is_start_up_noise(frame[1], kind)]
     if PYTHON in kinds:
-        below = [(frame, kind) for frame, kind in zip(frames[:kinds.index(PYTHON)], kinds)
-                 if not is_start_up_noise(frame[1], kind)]
         return (all(kind == INTERPRETER for _, kind in below)
                 and any(_RUNS_MAIN.match(base_symbol(symbol)) for (symbol, _), _ in below))
-    return all(kind == KERNEL for kind in kinds)
+    # No Python frame (start-up, shutdown): complete when, past the C runtime, it starts where
+    # CPython runs the program (`Py_BytesMain`...).
+    return bool(below) and below[0][1] == INTERPRETER and bool(_RUNS_MAIN.match(base_symbol(below[0][0][0])))
 
 
 def fold_frames(frames: Tuple[Tuple[str, str], ...]) -> List[Tuple[str, str, str]]:
