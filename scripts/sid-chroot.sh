@@ -93,8 +93,10 @@ end "mounts + CA + apt settings"
 begin "apt-get install (interpreters, toolchain, perf) in the chroot"
 # Not the aarch64 cross tools and qemu (their tests are interpreter-independent and run on the
 # host) nor the -dbg interpreters (no tier here uses them): a fresh chroot is set up faster.
-# golang-go: `go tool pprof`, the reader tests/test_export.py checks the pprof export with.
-packages=(ca-certificates git gcc libc6-dev pkg-config binutils cargo rustc linux-perf golang-go)
+# golang-go: `go tool pprof`, the reader tests/test_export.py checks the pprof export with;
+# chromium: runs speedscope's own app on the speedscope export (tests/readers.py).
+packages=(ca-certificates git gcc libc6-dev pkg-config binutils cargo rustc linux-perf golang-go
+          chromium)
 for v in $PYTHONS; do
     # -testsuite: CPython's own tests, which scripts/test.sh runs through scripts/cpython_regrtest.py
     packages+=("python$v" "python$v-dev" "python$v-venv" "libpython$v-testsuite")

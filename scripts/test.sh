@@ -48,7 +48,7 @@ fi
 first="${pythons[0]}"
 
 # Third-party readers of the exports (speedscope's release build), fetched from PyPI and cached;
-# tests on the host must find them (the sid chroot has no Chromium: they skip there).
+# the tests must find them (on the host, and in the sid chroot, which has its own Chromium).
 while IFS='=' read -r name value; do
     [ -n "$name" ] && export "$name=$value"
 done < <(bash scripts/fetch-readers.sh "$first" || echo "test.sh: fetching the export readers failed" >&2)
@@ -207,6 +207,12 @@ if [ "${PERFTRAMP_NO_SID:-0}" != 1 ]; then
         if [ -n "${PERFTRAMP_JITDUMP_FOLLOWER:-}" ]; then
             cp "$PERFTRAMP_JITDUMP_FOLLOWER" "$sid_src/target/jitdump_follow"
         fi
+        # speedscope's release build, where the chroot sees it (it has its own Chromium).
+        sid_readers=()
+        if [ -n "${PERFTRAMP_SPEEDSCOPE_DIR:-}" ]; then
+            cp -r "$PERFTRAMP_SPEEDSCOPE_DIR" "$sid_src/target/speedscope"
+            sid_readers=(PERFTRAMP_SPEEDSCOPE_DIR="$sid_src/target/speedscope")
+        fi
         sid_perf=$(in_sid perf version | awk '{print $3}')
         host_perf=$(in_sid /opt/hostperf/bin/perf version | awk '{print $3}')
         for v in ${SID_PYTHONS:-3.14 3.15}; do
@@ -214,7 +220,7 @@ if [ "${PERFTRAMP_NO_SID:-0}" != 1 ]; then
             tag="$(in_sid "python$v" -c 'import sys; print(sys.version.split()[0])' || echo "$v")-sid"
             echo "== CPython $tag (sid chroot, $venv)"
             [ -x "$sid_root$venv/bin/python" ] || in_sid "python$v" -m venv "$venv"
-            in_sid "$venv/bin/python" -m pip install -q pytest flake8
+            in_sid "$venv/bin/python" -m pip install -q pytest flake8 jsonschema
             # A per-version cargo target under /tmp: rebuilds only what changed.
             if ! in_sid env CARGO_TARGET_DIR="/tmp/perftramp-ci-target-$v" "$venv/bin/python" -m pip install \
                     -q --force-reinstall --no-deps "$sid_src"; then
@@ -222,7 +228,8 @@ if [ "${PERFTRAMP_NO_SID:-0}" != 1 ]; then
                 total_failed=$((total_failed + 1)); report+=("$tag: BUILD FAILED"); continue
             fi
             env_extra=(PERFTRAMP_SKIP_ONCE=1 PERFTRAMP_REQUIRE_PERF=1 PERFTRAMP_FULL_FORK_MATRIX=1
-                       PERFTRAMP_JITDUMP_FOLLOWER="$sid_src/target/jitdump_follow")
+                       PERFTRAMP_JITDUMP_FOLLOWER="$sid_src/target/jitdump_follow"
+                       PERFTRAMP_REQUIRE_READERS=1 "${sid_readers[@]}")
             # 3.15 builds keep frame pointers by default: the fp tests must run, not skip.
             case $v in 3.14) ;; *) env_extra+=(PERFTRAMP_EXPECT_FP=1) ;; esac
             xml="target/pytest/$tag-perf$sid_perf.xml"

@@ -151,7 +151,7 @@ def perf() -> str:
 
 def _reader_missing(what: str) -> None:
     """Third-party readers are fetched by scripts/test.sh (scripts/fetch-readers.sh), which sets
-    PERFTRAMP_REQUIRE_READERS=1 where they must exist (the host; the sid chroot has no Chromium)."""
+    PERFTRAMP_REQUIRE_READERS=1 where they must exist (the host and the sid chroot)."""
     if os.environ.get("PERFTRAMP_REQUIRE_READERS") == "1":
         pytest.fail(f"{what} is required here but missing")
     pytest.skip(f"{what} is missing (bash scripts/fetch-readers.sh; apt-get install chromium)")
