@@ -22,6 +22,15 @@ from perftramp._perfscript import Sample, has_chain, parse_perf_script  # noqa: 
 PERF_ENV = {"DEBUGINFOD_URLS": "", "PERF_CONFIG": "/dev/null"}
 
 
+def cli(*args: str, env: Optional[Dict[str, str]] = None, cwd: Optional[Path] = None,
+        timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python -m perftramp ARGS` as a user runs it (with PERF_ENV)."""
+    full_env = dict(os.environ, **PERF_ENV)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "perftramp", *args], capture_output=True,
+                          text=True, env=full_env, cwd=str(cwd) if cwd else None, timeout=timeout)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # PERFTRAMP_PERF=/path/to/perf: the perf every test uses, the CLI's included (scripts/test.sh
     # runs the perf tests once with each perf it has): it goes first on PATH as `perf`.

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-from conftest import HOT_MIDDLE_OUTER, PERF_ENV, interpreter_has_frame_pointers, py_name
+from conftest import HOT_MIDDLE_OUTER, PERF_ENV, cli, interpreter_has_frame_pointers, py_name
 from perftramp import _perfscript as ps
 
 WORKLOAD = HOT_MIDDLE_OUTER
@@ -43,14 +43,6 @@ def serve():
 print(os.getpid(), flush=True)
 serve()
 """
-
-
-def cli(*args: str, env: Optional[Dict[str, str]] = None, cwd: Optional[Path] = None,
-        timeout: float = 120) -> subprocess.CompletedProcess:
-    full_env = dict(os.environ, **PERF_ENV)
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "perftramp", *args], capture_output=True,
-                          text=True, env=full_env, cwd=str(cwd) if cwd else None, timeout=timeout)
 
 
 def no_traceback(proc: subprocess.CompletedProcess) -> None:

@@ -17,7 +17,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from conftest import HOT_MIDDLE_OUTER, PERF_ENV
+from conftest import HOT_MIDDLE_OUTER, cli
 from perftramp import _folding as fold
 from perftramp._export_gecko import gecko_json
 from perftramp._export_pprof import pprof_bytes
@@ -185,16 +185,13 @@ def recorded(tmp_path_factory) -> Path:
     workload = base / "workload.py"
     workload.write_text(WORKLOAD)
     out = base / "out"
-    proc = subprocess.run([sys.executable, "-m", "perftramp", "record", "-o", str(out), "--",
-                           sys.executable, str(workload), "1.0"], capture_output=True, text=True,
-                          env=dict(os.environ, **PERF_ENV), timeout=300)
+    proc = cli("record", "-o", str(out), "--", sys.executable, str(workload), "1.0", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
 
 def report(out: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "perftramp", "report", str(out), *args],
-                          capture_output=True, text=True, timeout=300)
+    return cli("report", str(out), *args, timeout=300)
 
 
 def _qual(name: str) -> str:

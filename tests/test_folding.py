@@ -6,15 +6,13 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import List, Tuple
 
 import pytest
 
-from conftest import PERF_ENV
+from conftest import cli
 from perftramp import _folding as fold
 from perftramp import _labels, _rawstacks
 
@@ -304,9 +302,7 @@ def test_the_python_view_of_a_real_recording(perf, tmp_path):
     workload = tmp_path / "workload.py"
     workload.write_text(WORKLOAD)
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "perftramp", "record", "-o", str(out), "--",
-                           sys.executable, str(workload), "1.0"], capture_output=True, text=True,
-                          env=dict(os.environ, **PERF_ENV), timeout=300)
+    proc = cli("record", "-o", str(out), "--", sys.executable, str(workload), "1.0", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     stacks = _rawstacks.read_raw(out / "stacks.raw")
     view = fold.python_view(stacks)
@@ -330,8 +326,7 @@ def test_the_python_view_of_a_real_recording(perf, tmp_path):
     assert f"[pid {proc_pid(out)}] (" in svg
     assert "_PyEval_EvalFrameDefault" not in svg
     # ... and --native all keeps every frame perf recorded.
-    every = subprocess.run([sys.executable, "-m", "perftramp", "report", str(out), "--native", "all"],
-                           capture_output=True, text=True, timeout=300)
+    every = cli("report", str(out), "--native", "all", timeout=300)
     assert every.returncode == 0, every.stderr
     assert "_PyEval_EvalFrameDefault" in (out / "flamegraph.all-frames.svg").read_text()
     assert every.stdout == proc.stdout  # the table is the Python view's either way

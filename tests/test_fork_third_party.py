@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PERF_ENV
+from conftest import PERF_ENV, cli
 from perftramp import _report as rp
 from perftramp._perfscript import iter_stack_samples
 
@@ -47,10 +47,8 @@ def record_flake8(tmp_path: Path, mode: str) -> Path:
     for source in sorted(stdlib.glob("*.py"))[:80]:
         shutil.copy(source, corpus / source.name)
     out = tmp_path / "rec"
-    proc = subprocess.run(
-        [sys.executable, "-m", "perftramp", "record", "-o", str(out), "--mode", mode, "--",
-         flake8(), "-j", "2", "--exit-zero", "-q", str(corpus)],
-        capture_output=True, text=True, env=dict(os.environ, **PERF_ENV), timeout=600)
+    proc = cli("record", "-o", str(out), "--mode", mode, "--",
+               flake8(), "-j", "2", "--exit-zero", "-q", str(corpus), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "no samples lost" in proc.stderr, proc.stderr[-2000:]
     return out
@@ -101,8 +99,7 @@ def test_flake8_in_speedscope_one_profile_per_process(perf, tmp_path, speedscope
     import readers
 
     out = record_flake8(tmp_path, "auto")
-    proc = subprocess.run([sys.executable, "-m", "perftramp", "report", str(out), "--format",
-                           "speedscope"], capture_output=True, text=True, timeout=300)
+    proc = cli("report", str(out), "--format", "speedscope", timeout=300)
     assert proc.returncode == 0, proc.stderr
     read = readers.read_with_speedscope(out / "profile.speedscope.json", speedscope)
     assert "flake8" in read.title, read.title
