@@ -3,6 +3,7 @@ marked, labels `qualname (file.py:LINE)` (python/perftramp/_folding.py, _labels.
 
 from __future__ import annotations
 
+import html
 import importlib
 import inspect
 import json
@@ -14,7 +15,7 @@ import pytest
 
 from conftest import cli
 from perftramp import _folding as fold
-from perftramp import _labels, _rawstacks
+from perftramp import _labels, _perfscript, _rawstacks
 
 LIB = "/root/.pyenv/versions/3.12.1/lib/libpython3.12.so.1.0"
 EXE = "/root/.pyenv/versions/3.12.1/bin/python3.12"
@@ -325,10 +326,21 @@ def test_the_python_view_of_a_real_recording(perf, tmp_path):
     assert "<title>hot (workload.py:3) (" in svg and f"\n{workload}:3</title>" in svg
     assert f"[pid {proc_pid(out)}] (" in svg
     assert "_PyEval_EvalFrameDefault" not in svg
-    # ... and --native all keeps every frame perf recorded.
+    # ... and --native all keeps every frame perf recorded, the interpreter's included, under
+    # whatever name perf gave it on this interpreter: `_PyEval_EvalFrameDefault` where the build
+    # has its local symbols (pyenv's, the fp build), `[python3.14]` on Debian's stripped ones
+    # unless their -dbg package happens to be installed. The names come from this recording's
+    # own stacks.raw, never from what a previous run installed.
+    interpreter_names = {_perfscript.frame_name(s, d) for _, _, frames in stacks for s, d in frames
+                         if fold.frame_kind(s, d) == fold.INTERPRETER}
+    assert interpreter_names, "perf recorded no interpreter frame under the Python functions"
     every = cli("report", str(out), "--native", "all", timeout=300)
     assert every.returncode == 0, every.stderr
-    assert "_PyEval_EvalFrameDefault" in (out / "flamegraph.all-frames.svg").read_text()
+    all_svg = (out / "flamegraph.all-frames.svg").read_text()
+    missing = sorted(n for n in interpreter_names if f"<title>{html.escape(n, quote=False)} (" not in all_svg)
+    assert not missing, missing
+    for name in interpreter_names - {f.label for s in view for f in s.frames}:
+        assert f"<title>{html.escape(name, quote=False)} (" not in svg, name  # folded by default
     assert every.stdout == proc.stdout  # the table is the Python view's either way
 
 
