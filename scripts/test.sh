@@ -10,19 +10,60 @@
 #   PERFTRAMP_NO_SID=1 bash scripts/test.sh                         # skip the sid chroot tier
 #   PERFTRAMP_NO_AARCH64=1 bash scripts/test.sh                     # skip the aarch64 qemu tier
 #   PERFTRAMP_DBG=1 bash scripts/test.sh                            # add the -dbg builds (nightly)
+#   PERFTRAMP_FRESH=1 bash scripts/test.sh                          # as on a new machine: empty caches,
+#                                                                   # a new chroot (removed afterwards)
 #   bash scripts/test.sh -k perf         # extra arguments go to pytest
 #
 # Then CPython 3.14 and 3.15 (Debian sid's, in a chroot set up by scripts/sid-chroot.sh; needs
 # root): the whole suite with sid's perf 7.x, the perf tests again with the host's perf 6.1 run
 # inside the chroot, and CPython's regression tests.
 #
-# Ends with one line "perftramp: N passed, N failed, N skipped" and exits non-zero if anything
-# failed, errored, or if an interpreter ran no test at all.
+# Ends with each tier's wall time, then one line "perftramp: N passed, N failed, N skipped", and
+# exits non-zero if anything failed, errored, or if an interpreter ran no test at all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
+# Each tier's wall time, printed at the end: `tier LABEL` closes the tier that began at the last call.
+declare -a times=()
+run_start=$(date +%s) tier_start=$(date +%s)
+tier() {
+    local now; now=$(date +%s)
+    times+=("$(printf '%-44s %5ss' "$1" $((now - tier_start)))"); tier_start=$now
+}
+
+# Where this run keeps its caches and scratch trees. PERFTRAMP_FRESH=1 makes every one of them new
+# and empty, as on a machine that never ran this script: the frame-pointer CPython, the readers,
+# pip's cache, the sid chroot (with its venvs and packages), the cargo targets, the aarch64 wheels
+# and the venvs. A test or a step that passes only thanks to what an earlier run left behind
+# fails there first. Packages already installed on the host stay (install-deps.sh installs the
+# missing ones on a new machine); the fresh chroot is removed at the end (PERFTRAMP_KEEP_FRESH=1
+# keeps it).
+ci_tmp=/tmp/perftramp-ci
+if [ "${PERFTRAMP_FRESH:-0}" = 1 ]; then
+    stamp=$(date +%Y%m%d-%H%M%S)-$$
+    fresh=/var/tmp/perftramp-fresh-$stamp
+    export PERFTRAMP_CACHE="$fresh/cache" XDG_CACHE_HOME="$fresh/xdg-cache" PIP_NO_CACHE_DIR=1
+    export SID_ROOT=/opt/sid-fresh-$stamp AARCH64_CACHE=/tmp/perftramp-aarch64-fresh-$stamp
+    ci_tmp=/tmp/perftramp-ci-fresh-$stamp
+    rm -rf "$root/.venvs" "$root/target"
+    echo "test.sh: fresh run: caches under $fresh, chroot $SID_ROOT, scratch $ci_tmp*" >&2
+    # Unmounts the fresh chroot and removes what this run made (only once nothing is mounted in it).
+    remove_fresh() {
+        [ "${PERFTRAMP_KEEP_FRESH:-0}" = 1 ] && { echo "test.sh: kept $SID_ROOT and $fresh" >&2; return; }
+        [ -d "$SID_ROOT" ] && SID_ROOT="$SID_ROOT" bash "$root/scripts/sid-chroot.sh" --umount >/dev/null 2>&1
+        if grep -q " $SID_ROOT/" /proc/mounts; then
+            echo "test.sh: $SID_ROOT still has mounts; not removing it" >&2
+        else
+            rm -rf --one-file-system "$SID_ROOT"
+        fi
+        rm -rf "$fresh" "$AARCH64_CACHE" "$ci_tmp"-*
+    }
+    trap remove_fresh EXIT
+fi
+
 bash scripts/install-deps.sh
+tier "host packages (install-deps.sh)"
 
 # Interpreters: explicit list, or every CPython >= 3.9 pyenv has.
 declare -a pythons=()
@@ -42,6 +83,7 @@ fp_python=""
 if [ "${PERFTRAMP_NO_FP_BUILD:-0}" != 1 ]; then
     fp_python=$(bash scripts/build-fp-python.sh 3.13 | tail -n1)
     pythons+=("$fp_python")
+    tier "frame-pointer CPython 3.13 (build or cache)"
 fi
 [ "${#pythons[@]}" -gt 0 ] || { echo "test.sh: no CPython >= 3.9 found" >&2; exit 1; }
 
@@ -53,6 +95,7 @@ while IFS='=' read -r name value; do
     [ -n "$name" ] && export "$name=$value"
 done < <(bash scripts/fetch-readers.sh "$first" || echo "test.sh: fetching the export readers failed" >&2)
 export PERFTRAMP_REQUIRE_READERS=1
+tier "export readers (fetch or cache)"
 
 # "passed failed skipped tests" of a pytest JUnit XML file ("0 0 0 0" if it is missing).
 junit_counts() {
@@ -89,6 +132,7 @@ else
     echo "test.sh: building examples/jitdump_follow failed" >&2; rust_failed=$((rust_failed + 1))
 fi
 
+tier "rust unit tests"
 total_passed=$rust_passed total_failed=$rust_failed total_skipped=0
 declare -a report=("rust: $rust_passed passed, $rust_failed failed")
 mkdir -p "$root/.venvs" "$root/target/pytest"
@@ -105,6 +149,7 @@ else
     echo "test.sh: building or checking the wheel and sdist failed" >&2
     total_failed=$((total_failed + 1)); report+=("wheel/sdist: BUILD OR CHECK FAILED")
 fi
+tier "wheel + sdist (build-wheels.sh)"
 no_rust="$root/target/no-rust-bin"
 mkdir -p "$no_rust"
 for tool in cargo rustc rustup; do
@@ -170,6 +215,7 @@ for py in "${pythons[@]}"; do
     fi
     total_passed=$((total_passed + passed)); total_failed=$((total_failed + failed)); total_skipped=$((total_skipped + skipped))
     report+=("$tag: $passed passed, $failed failed, $skipped skipped")
+    tier "CPython $tag"
     index=$((index + 1))
 done
 
@@ -177,7 +223,7 @@ done
 # The chroot sees only the host's /tmp: the checkout is copied there to be built inside.
 if [ "${PERFTRAMP_NO_SID:-0}" != 1 ]; then
     sid_root=${SID_ROOT:-/opt/sid}
-    sid_src=/tmp/perftramp-ci-src
+    sid_src=$ci_tmp-src
     in_sid() { chroot "$sid_root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 PATH=/usr/local/bin:/usr/bin:/bin "$@"; }
     # Sums one pytest run (JUnit XML, exit code) into the totals, under a report label.
     sid_account() {
@@ -201,6 +247,7 @@ if [ "${PERFTRAMP_NO_SID:-0}" != 1 ]; then
         echo "test.sh: setting up the sid chroot failed" >&2
         total_failed=$((total_failed + 1)); report+=("sid chroot: SETUP FAILED")
     else
+        tier "sid chroot (sid-chroot.sh: set up or mount)"
         rm -rf "$sid_src"; mkdir -p "$sid_src/target/pytest"
         tar -C "$root" --exclude=./target --exclude=./.venvs --exclude=./.git -cf - . | tar -C "$sid_src" -xf -
         # The live jitdump reader built on the host runs in the chroot too (a newer glibc there).
@@ -222,7 +269,7 @@ if [ "${PERFTRAMP_NO_SID:-0}" != 1 ]; then
             [ -x "$sid_root$venv/bin/python" ] || in_sid "python$v" -m venv "$venv"
             in_sid "$venv/bin/python" -m pip install -q pytest flake8 jsonschema
             # A per-version cargo target under /tmp: rebuilds only what changed.
-            if ! in_sid env CARGO_TARGET_DIR="/tmp/perftramp-ci-target-$v" "$venv/bin/python" -m pip install \
+            if ! in_sid env CARGO_TARGET_DIR="$ci_tmp-target-$v" "$venv/bin/python" -m pip install \
                     -q --force-reinstall --no-deps "$sid_src"; then
                 echo "test.sh: building perftramp for $tag failed" >&2
                 total_failed=$((total_failed + 1)); report+=("$tag: BUILD FAILED"); continue
@@ -260,13 +307,14 @@ if [ "${PERFTRAMP_NO_SID:-0}" != 1 ]; then
                 fi
             fi
             sid_account "$tag, perf $host_perf" "$sid_src/$xml" "$code" "$regr_passed" "$regr_failed"
+            tier "CPython $tag (perf $sid_perf, perf $host_perf)"
         done
         # The Rust unit tests again, built for the newest sid interpreter (its Py_3_14+ code).
         newest=${SID_PYTHONS:-3.14 3.15}; newest=${newest##* }
         echo "== Rust unit tests (cargo test, linked against sid's python$newest)"
         log="$root/target/cargo-test-sid.log"
         in_sid sh -c "cd $sid_src && PYO3_PYTHON=python$newest \
-            CARGO_TARGET_DIR=/tmp/perftramp-ci-cargotest-$newest cargo test --quiet" 2>&1 | tee "$log" || true
+            CARGO_TARGET_DIR=$ci_tmp-cargotest-$newest cargo test --quiet" 2>&1 | tee "$log" || true
         sid_rust=$(grep -E '^test result:' "$log" || true)
         sid_rust_passed=$(awk '/^test result:/ {s += $4} END {print s+0}' <<<"$sid_rust")
         sid_rust_failed=$(awk '/^test result:/ {s += $6} END {print s+0}' <<<"$sid_rust")
@@ -275,21 +323,28 @@ if [ "${PERFTRAMP_NO_SID:-0}" != 1 ]; then
         fi
         total_passed=$((total_passed + sid_rust_passed)); total_failed=$((total_failed + sid_rust_failed))
         report+=("rust (python$newest, sid): $sid_rust_passed passed, $sid_rust_failed failed")
+        tier "rust unit tests (sid python$newest)"
     fi
 fi
 
 # --- Debug builds (opt-in, nightly-sized: PERFTRAMP_DBG=1): the suite on python3.14-dbg and
 # python3.15-dbg (assertions and reference-count checks on) in the sid chroot, as a stress run.
 if [ "${PERFTRAMP_DBG:-0}" = 1 ] && [ "${PERFTRAMP_NO_SID:-0}" != 1 ] && [ -d "${sid_src:-}" ]; then
+    # The -dbg packages also carry the debug symbols of the release interpreters: they are removed
+    # again afterwards, so that the next run's release tiers see the stripped interpreters a fresh
+    # chroot has (a test once passed only because this tier had left the symbols behind).
+    dbg_installed=()
     for v in ${SID_PYTHONS:-3.14 3.15}; do
-        in_sid dpkg -s "python$v-dbg" >/dev/null 2>&1 \
-            || in_sid env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "python$v-dbg" >/dev/null
+        if ! in_sid dpkg -s "python$v-dbg" >/dev/null 2>&1; then
+            in_sid env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "python$v-dbg" >/dev/null
+            dbg_installed+=("python$v-dbg")
+        fi
         venv=/opt/venvs/perftramp-ci-dbg-py$v
         tag="$v-dbg"
         echo "== CPython $tag (sid chroot, python${v}d, $venv)"
         [ -x "$sid_root$venv/bin/python" ] || in_sid "python${v}d" -m venv "$venv"
         in_sid "$venv/bin/python" -m pip install -q pytest flake8
-        if ! in_sid env CARGO_TARGET_DIR="/tmp/perftramp-ci-target-dbg-$v" "$venv/bin/python" -m pip \
+        if ! in_sid env CARGO_TARGET_DIR="$ci_tmp-target-dbg-$v" "$venv/bin/python" -m pip \
                 install -q --force-reinstall --no-deps "$sid_src"; then
             total_failed=$((total_failed + 1)); report+=("$tag: BUILD FAILED"); continue
         fi
@@ -301,7 +356,12 @@ if [ "${PERFTRAMP_DBG:-0}" = 1 ] && [ "${PERFTRAMP_NO_SID:-0}" != 1 ] && [ -d "$
         code=$?
         set -e
         sid_account "$tag, perf $sid_perf" "$sid_src/$xml" "$code"
+        tier "CPython $tag"
     done
+    if [ "${#dbg_installed[@]}" -gt 0 ]; then
+        in_sid env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q "${dbg_installed[@]}" >/dev/null
+        in_sid env DEBIAN_FRONTEND=noninteractive apt-get autoremove -y -q --purge >/dev/null
+    fi
 fi
 
 # --- aarch64: the extension cross-built, its tests run with an arm64 CPython under qemu -----------
@@ -320,9 +380,13 @@ if [ "${PERFTRAMP_NO_AARCH64:-0}" != 1 ]; then
     total_passed=$((total_passed + arm_passed)); total_failed=$((total_failed + arm_failed))
     total_skipped=$((total_skipped + arm_skipped))
     report+=("aarch64 (qemu, 3.14): $arm_passed passed, $arm_failed failed, $arm_skipped skipped")
+    tier "aarch64 (qemu)"
 fi
 
 echo
+echo "== Times (wall)"
+printf '  %s\n' "${times[@]}"
+printf '  %-44s %5ss\n' "whole run" $(($(date +%s) - run_start))
 echo "== Summary"
 printf '  %s\n' "${report[@]}"
 echo "perftramp: $total_passed passed, $total_failed failed, $total_skipped skipped"
