@@ -97,6 +97,14 @@ done < <(bash scripts/fetch-readers.sh "$first" || echo "test.sh: fetching the e
 export PERFTRAMP_REQUIRE_READERS=1
 tier "export readers (fetch or cache)"
 
+# The documentation pages, built strictly (a broken link, anchor or page fails the run).
+docs_failed=0; mkdir -p "$root/target"
+if ! bash scripts/build-docs.sh "$first" >"$root/target/docs-build.out" 2>&1; then
+    tail -n 30 "$root/target/docs-build.out" >&2
+    echo "test.sh: the documentation build (scripts/build-docs.sh) failed" >&2; docs_failed=1
+fi
+tier "docs (mkdocs build --strict)"
+
 # "passed failed skipped tests" of a pytest JUnit XML file ("0 0 0 0" if it is missing).
 junit_counts() {
     "$first" - "$1" <<'PY'
@@ -133,8 +141,9 @@ else
 fi
 
 tier "rust unit tests"
-total_passed=$rust_passed total_failed=$rust_failed total_skipped=0
-declare -a report=("rust: $rust_passed passed, $rust_failed failed")
+total_passed=$((rust_passed + 1 - docs_failed)) total_failed=$((rust_failed + docs_failed)) total_skipped=0
+declare -a report=("rust: $rust_passed passed, $rust_failed failed"
+                   "docs: $([ "$docs_failed" = 0 ] && echo "built strictly" || echo "BUILD FAILED")")
 mkdir -p "$root/.venvs" "$root/target/pytest"
 # Release artifacts, tested as users install them: the first interpreter gets the manylinux wheel
 # (built and audited by scripts/build-wheels.sh, installed with --no-index into a fresh venv where
