@@ -64,6 +64,27 @@ fi
 
 bash scripts/install-deps.sh
 tier "host packages (install-deps.sh)"
+mkdir -p "$root/target"
+
+# The two slow one-time set-ups start now, in the background, and are waited for just before the
+# tier that needs them: on a new machine they overlap the first tiers instead of adding to them.
+# The sid chroot is mostly downloads and unpacking; the frame-pointer build runs at nice 19, so
+# it takes only CPU time the tests leave. Each writes its log (and its wall time) under target/.
+declare -A bg_pid=()
+in_background() {  # NAME COMMAND...: target/NAME.out (stdout), .log (stderr), .seconds
+    local name=$1; shift
+    ( start=$(date +%s); set +e; "$@" >"$root/target/$name.out" 2>"$root/target/$name.log"; code=$?
+      echo $(($(date +%s) - start)) >"$root/target/$name.seconds"; exit $code ) &
+    bg_pid[$name]=$!
+}
+# Waits for a background set-up; shows the end of its log; its exit status.
+wait_for() {
+    local name=$1 code=0
+    wait "${bg_pid[$name]}" || code=$?
+    tail -n "${2:-15}" "$root/target/$name.log" >&2 || true
+    times+=("$(printf '%-44s %5ss (in the background)' "$name" "$(cat "$root/target/$name.seconds" 2>/dev/null || echo '?')")")
+    return $code
+}
 
 # Interpreters: explicit list, or every CPython >= 3.9 pyenv has.
 declare -a pythons=()
@@ -79,15 +100,32 @@ else
     done
     if [ "${#pythons[@]}" -eq 0 ] && command -v python3 >/dev/null; then pythons+=("$(command -v python3)"); fi
 fi
+# The frame-pointer build comes last among the host's interpreters: its tier waits for the build.
 fp_python=""
 if [ "${PERFTRAMP_NO_FP_BUILD:-0}" != 1 ]; then
-    fp_python=$(bash scripts/build-fp-python.sh 3.13 | tail -n1)
+    in_background fp-python-build nice -n 19 bash scripts/build-fp-python.sh 3.13
+    fp_python=fp-python-build
     pythons+=("$fp_python")
-    tier "frame-pointer CPython 3.13 (build or cache)"
+fi
+sid_wanted=0
+if [ "${PERFTRAMP_NO_SID:-0}" != 1 ] && [ "$(id -u)" = 0 ]; then
+    sid_wanted=1
+    in_background sid-chroot-setup env SID_ROOT="${SID_ROOT:-/opt/sid}" bash scripts/sid-chroot.sh
 fi
 [ "${#pythons[@]}" -gt 0 ] || { echo "test.sh: no CPython >= 3.9 found" >&2; exit 1; }
 
+# The frame-pointer interpreter's path, once its background build is done (empty if it failed).
+fp_done=0
+fp_interpreter() {
+    if [ "$fp_done" = 0 ]; then
+        fp_done=1
+        if wait_for fp-python-build 5; then fp_python=$(tail -n1 "$root/target/fp-python-build.out"); else fp_python=""; fi
+    fi
+    echo "$fp_python"
+}
 first="${pythons[0]}"
+if [ "$first" = fp-python-build ]; then fp_interpreter >/dev/null; first=$fp_python; fi
+[ -n "$first" ] || { echo "test.sh: the frame-pointer CPython build failed and no other CPython >= 3.9 was found" >&2; exit 1; }
 
 # Third-party readers of the exports (speedscope's release build), fetched from PyPI and cached;
 # the tests must find them (on the host, and in the sid chroot, which has its own Chromium).
@@ -168,6 +206,14 @@ done
 
 index=0
 for py in "${pythons[@]}"; do
+    if [ "$py" = fp-python-build ]; then
+        fp_interpreter >/dev/null
+        if [ -z "$fp_python" ]; then
+            echo "test.sh: building the frame-pointer CPython failed (target/fp-python-build.log)" >&2
+            total_failed=$((total_failed + 1)); report+=("3.13-fp: BUILD FAILED"); continue
+        fi
+        py=$fp_python
+    fi
     tag=$("$py" -c 'import sys, sysconfig; fp = "-fp" if "-fno-omit-frame-pointer" in (sysconfig.get_config_var("CFLAGS") or "") else ""; print(f"{sys.version_info[0]}.{sys.version_info[1]}.{sys.version_info[2]}{fp}")')
     echo "== CPython $tag ($py)"
     venv="$root/.venvs/$tag"
@@ -249,14 +295,14 @@ if [ "${PERFTRAMP_NO_SID:-0}" != 1 ]; then
         total_skipped=$((total_skipped + skipped))
         report+=("$label: $passed passed, $failed failed, $skipped skipped")
     }
-    if [ "$(id -u)" != 0 ]; then
+    if [ "$sid_wanted" != 1 ]; then
         echo "test.sh: the sid chroot tier (CPython 3.14/3.15, perf 7) needs root; PERFTRAMP_NO_SID=1 skips it" >&2
         total_failed=$((total_failed + 1)); report+=("sid chroot: NOT RUN (needs root)")
-    elif ! SID_ROOT="$sid_root" bash scripts/sid-chroot.sh; then
-        echo "test.sh: setting up the sid chroot failed" >&2
+    elif ! wait_for sid-chroot-setup 25; then
+        echo "test.sh: setting up the sid chroot failed (target/sid-chroot-setup.log)" >&2
         total_failed=$((total_failed + 1)); report+=("sid chroot: SETUP FAILED")
     else
-        tier "sid chroot (sid-chroot.sh: set up or mount)"
+        tier "sid chroot (waiting for its set-up)"
         rm -rf "$sid_src"; mkdir -p "$sid_src/target/pytest"
         tar -C "$root" --exclude=./target --exclude=./.venvs --exclude=./.git -cf - . | tar -C "$sid_src" -xf -
         # The live jitdump reader built on the host runs in the chroot too (a newer glibc there).
