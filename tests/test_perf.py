@@ -99,8 +99,8 @@ def via_gen(g):
 def via_plain(): return leaf(3000)
 
 c, g = C(), gen()
-deadline = time.monotonic() + float(sys.argv[1])
-while time.monotonic() < deadline:
+deadline = time.process_time() + float(sys.argv[1])  # CPU seconds: as many samples under load
+while time.process_time() < deadline:
     via_init(); via_prop(c); via_meth(c); via_item(c); via_gen(g); via_plain()
 """
 
