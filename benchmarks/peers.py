@@ -29,6 +29,11 @@ machine's load hits all tools alike); a warm-up round first is not counted. For 
 
 - program s: from launching the command to the program's last line (its own clock, written to
   PEERS_RESULT); slowdown: that time / the baseline's in the same round, median over rounds;
+- CPU slowdown: the same ratio for the program's own CPU time (process_time at its last line:
+  what the tool adds inside the program, e.g. perf's sample copies in its kernel time; waiting
+  for a CPU on a loaded machine does not count, so it is far less noisy than wall time);
+- tool CPU s: CPU time of the whole command (every process it waited for, and perf script)
+  less the program's: what the profiler itself burns, report included;
 - report s: from the program's last line to a readable report on disk (the tool's exit; for
   -X perf also `perf script`);
 - MB left: every byte the run left on disk: the tool's output, /tmp/perf-<pid>.map and other
@@ -52,6 +57,7 @@ import json
 import os
 import platform
 import random
+import resource
 import re
 import shlex
 import shutil
@@ -363,6 +369,12 @@ def perf_config(s: Setup) -> Path:
     return path
 
 
+def children_cpu() -> float:
+    """User + system seconds of all the processes we (and they, recursively) waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def tree_bytes(path: Path) -> int:
     """Bytes of the regular files under `path` (links not followed: the build-id cache links
     each file twice)."""
@@ -393,6 +405,7 @@ def run_once(s: Setup, tool: Tool, workload: str, work: Path) -> dict:
     cache = s.venv / "buildid-cache"
     cache_before = tree_bytes(cache) if cache.exists() else 0
     command = tool.command(s, [s.python, str(WORKLOAD), workload], out)
+    cpu_before = children_cpu()
     launched = time.monotonic()
     with open(out.parent / "stdout.txt", "w") as stdout, open(out.parent / "stderr.txt", "w") as stderr:
         proc = subprocess.run(command, stdout=stdout, stderr=stderr, env=env, cwd=str(out),
@@ -405,12 +418,15 @@ def run_once(s: Setup, tool: Tool, workload: str, work: Path) -> dict:
         if tool.finish:
             tool.finish(s, out)
         done = time.monotonic()
+        cpu = children_cpu() - cpu_before
         left = pid_leftovers(result["pid"])
         parts = {"output": tree_bytes(out), "per-process files": sum(p.stat().st_size for p in left),
                  "build-id cache": max(0, (tree_bytes(cache) if cache.exists() else 0) - cache_before)}
         record = {
             "program_s": result["end"] - launched,
             "report_s": done - result["end"] if tool.name != "none" else None,
+            "program_cpu_s": result["cpu"],
+            "tool_cpu_s": cpu - result["cpu"],
             "bytes": sum(parts.values()),
             "bytes_parts": parts,
             "files": [str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()][:20]
@@ -483,10 +499,10 @@ def median(xs: List[float]) -> Optional[float]:
     return statistics.median(xs) if xs else None
 
 
-def slowdowns(runs: List[dict], base: List[dict]) -> List[float]:
+def slowdowns(runs: List[dict], base: List[dict], key: str = "program_s") -> List[float]:
     """Per-round ratios to the baseline of the same round (interleaved: same machine moment)."""
-    by_round = {b["round"]: b["program_s"] for b in base if "error" not in b}
-    return [r["program_s"] / by_round[r["round"]] for r in runs
+    by_round = {b["round"]: b[key] for b in base if "error" not in b}
+    return [r[key] / by_round[r["round"]] for r in runs
             if "error" not in r and r["round"] in by_round]
 
 
@@ -503,6 +519,8 @@ def summarize(results: dict) -> dict:
                 "program_range": (min(r["program_s"] for r in ok), max(r["program_s"] for r in ok))
                 if ok else None,
                 "slowdown": median(slowdowns(ok, base)) if tool != "none" else None,
+                "cpu_slowdown": median(slowdowns(ok, base, "program_cpu_s")) if tool != "none" else None,
+                "tool_cpu_s": median([r["tool_cpu_s"] for r in ok]) if tool != "none" else None,
                 "report_s": median([r["report_s"] for r in ok]),
                 "mb": median([r["bytes"] / 1e6 for r in ok]),
                 "samples": median([r.get("samples") for r in ok]),
@@ -538,19 +556,21 @@ def split_summary(runs: List[dict], tool: str) -> dict:
 
 
 def main_table(summary: dict, labels: Dict[str, str]) -> Tuple[List[str], List[list]]:
-    header = ["workload", "tool", "program s (median; min-max)", "slowdown", "report s after end",
-              "MB left", "samples"]
+    header = ["workload", "tool", "program s (median; min-max)", "slowdown", "CPU slowdown",
+              "tool CPU s", "report s after end", "MB left", "samples"]
     rows = []
     for workload, by_tool in summary.items():
         for tool, row in by_tool.items():
             if not row["runs"]:
-                rows.append([workload, labels[tool], "failed: " + (row["errors"] or ["?"])[0][:120],
-                             "", "", "", ""])
+                rows.append([workload, labels[tool], "failed: " + (row["errors"] or ["?"])[0][:120]]
+                            + [""] * (len(header) - 3))
                 continue
             lo, hi = row["program_range"]
             rows.append([workload, labels[tool],
                          f"{row['program_s']:.2f} ({lo:.2f}-{hi:.2f})",
                          bench.fmt(row["slowdown"], ".2f") + ("x" if row["slowdown"] else ""),
+                         bench.fmt(row["cpu_slowdown"], ".2f") + ("x" if row["cpu_slowdown"] else ""),
+                         bench.fmt(row["tool_cpu_s"], ".2f"),
                          bench.fmt(row["report_s"], ".2f"),
                          bench.fmt(row["mb"], ".2f"),
                          bench.fmt(row["samples"], ",.0f")])
