@@ -42,7 +42,10 @@ machine's load hits all tools alike); a warm-up round first is not counted. For 
 - split: each tool's share of each function, from the tool's own output: the samples (Austin:
   the sampled time) whose stack holds the function anywhere ("on stack"; these leaf functions'
   self time is the same), over the samples holding any of the three; error = share - nominal,
-  in points. "named" is the share of all the recording's samples that name one of the three.
+  in points. "named" is the share of all the recording's samples that name one of the three;
+- reach run_workload: the share of all samples whose stack holds the program's run_workload(),
+  under which all its work runs: how many stacks have all their Python callers (a tool that sees
+  only the innermost Python frame scores low here while its split can still be right).
 
 Prints a text table; --out FILE writes it as Markdown with the command and the machine; the raw
 figures go to target/peers-results-<time>.json (--render re-prints them).
@@ -77,6 +80,8 @@ import run as bench  # noqa: E402  (benchmarks/run.py: interpreter probe, env, c
 
 WORKLOAD = HERE / "peers_workloads.py"
 WORKLOADS = ("calls", "sympy", "split")
+WORKLOAD_TITLES = {"calls": "call-heavy pure Python", "sympy": "sympy, a fixed symbolic computation",
+                   "split": "three functions, 50/30/20 of the CPU time by construction"}
 #: The split workload's functions and their nominal shares (5:3:2 iterations of one loop).
 SPLIT = {"share_50": 0.50, "share_30": 0.30, "share_20": 0.20}
 
@@ -389,11 +394,14 @@ def tree_bytes(path: Path) -> int:
     return total
 
 
-def pid_leftovers(pid: int) -> List[Path]:
-    """Files a profiled process leaves outside the tool's output: CPython's and perftramp's
-    /tmp/perf-<pid>.map, jitdumps, jitted code (the same names run.cleanup_pid removes)."""
-    return [p for p in [Path(f"/tmp/perf-{pid}.map"), Path(f"/tmp/jit-{pid}.dump"),
-                        *Path("/tmp").glob(f"jitted-{pid}-*.so")] if p.exists()]
+def pid_leftovers(pid: int, since: float) -> List[Path]:
+    """Files a profiled process left outside the tool's output: CPython's and perftramp's
+    /tmp/perf-<pid>.map, jitdumps, jitted code (the names run.cleanup_pid knows). Only those
+    written since `since` (time.time()): pids are reused, and an older file with the same name
+    belongs to a process of someone else's."""
+    candidates = [Path(f"/tmp/perf-{pid}.map"), Path(f"/tmp/jit-{pid}.dump"),
+                  *Path("/tmp").glob(f"jitted-{pid}-*.so")]
+    return [p for p in candidates if p.exists() and p.stat().st_mtime >= since]
 
 
 def run_once(s: Setup, tool: Tool, workload: str, work: Path) -> dict:
@@ -406,6 +414,7 @@ def run_once(s: Setup, tool: Tool, workload: str, work: Path) -> dict:
     cache_before = tree_bytes(cache) if cache.exists() else 0
     command = tool.command(s, [s.python, str(WORKLOAD), workload], out)
     cpu_before = children_cpu()
+    since = time.time() - 1  # file times are coarser than the clock
     launched = time.monotonic()
     with open(out.parent / "stdout.txt", "w") as stdout, open(out.parent / "stderr.txt", "w") as stderr:
         proc = subprocess.run(command, stdout=stdout, stderr=stderr, env=env, cwd=str(out),
@@ -419,7 +428,7 @@ def run_once(s: Setup, tool: Tool, workload: str, work: Path) -> dict:
             tool.finish(s, out)
         done = time.monotonic()
         cpu = children_cpu() - cpu_before
-        left = pid_leftovers(result["pid"])
+        left = pid_leftovers(result["pid"], since)
         parts = {"output": tree_bytes(out), "per-process files": sum(p.stat().st_size for p in left),
                  "build-id cache": max(0, (tree_bytes(cache) if cache.exists() else 0) - cache_before)}
         record = {
@@ -437,20 +446,22 @@ def run_once(s: Setup, tool: Tool, workload: str, work: Path) -> dict:
             record.update(attribution(tool.stacks(out)))
         return record
     finally:
-        pid = json.loads(result_file.read_text())["pid"] if result_file.exists() else None
-        if pid is not None:
-            bench.cleanup_pid(pid, out)
+        if result_file.exists():
+            for path in pid_leftovers(json.loads(result_file.read_text())["pid"], since):
+                path.unlink(missing_ok=True)
         shutil.rmtree(out, ignore_errors=True)
 
 
-_NAME = re.compile(r"(?<![\w.])(" + "|".join(SPLIT) + r")(?!\w)")
+#: The program's function under which all its own work runs (peers_workloads.py).
+ENTRY = "run_workload"
+_NAME = re.compile(r"(?<![\w.])(" + "|".join([*SPLIT, ENTRY]) + r")(?!\w)")
 
 
 def attribution(stacks: Iterable[Tuple[List[str], float, int]]) -> dict:
     """Each split function's share, 'on stack': the weight of the stacks holding it anywhere,
     over the weight of those holding any of the three. A frame names a function when the name
     stands in it as a word: py-spy 'f (file:line)', Austin 'file:f:line', perf 'py::f:file'."""
-    on = {name: 0.0 for name in SPLIT}
+    on = {name: 0.0 for name in [*SPLIT, ENTRY]}
     named = total = 0.0
     samples = 0
     for frames, weight, count in stacks:
@@ -459,10 +470,11 @@ def attribution(stacks: Iterable[Tuple[List[str], float, int]]) -> dict:
         found = {m.group(1) for frame in frames for m in _NAME.finditer(frame)}
         for name in found:
             on[name] += weight
-        if found:
+        if found - {ENTRY}:
             named += weight
     return {"samples": samples,
             "named": named / total if total else 0.0,
+            "reach": on[ENTRY] / total if total else 0.0,
             "shares": {name: on[name] / named for name in SPLIT} if named else None}
 
 
@@ -525,6 +537,7 @@ def summarize(results: dict) -> dict:
                 "mb": median([r["bytes"] / 1e6 for r in ok]),
                 "samples": median([r.get("samples") for r in ok]),
                 "named": median([r.get("named") for r in ok]),
+                "reach": median([r.get("reach") for r in ok]),
             }
             if workload == "split":
                 row.update(split_summary(ok, tool))
@@ -555,25 +568,25 @@ def split_summary(runs: List[dict], tool: str) -> dict:
     }
 
 
-def main_table(summary: dict, labels: Dict[str, str]) -> Tuple[List[str], List[list]]:
-    header = ["workload", "tool", "program s (median; min-max)", "slowdown", "CPU slowdown",
-              "tool CPU s", "report s after end", "MB left", "samples"]
+def workload_table(by_tool: dict, labels: Dict[str, str]) -> Tuple[List[str], List[list]]:
+    header = ["tool", "program s (median; min-max)", "slowdown", "CPU slowdown", "tool CPU s",
+              "report s after end", "MB left", "samples", f"reach {ENTRY}"]
     rows = []
-    for workload, by_tool in summary.items():
-        for tool, row in by_tool.items():
-            if not row["runs"]:
-                rows.append([workload, labels[tool], "failed: " + (row["errors"] or ["?"])[0][:120]]
-                            + [""] * (len(header) - 3))
-                continue
-            lo, hi = row["program_range"]
-            rows.append([workload, labels[tool],
-                         f"{row['program_s']:.2f} ({lo:.2f}-{hi:.2f})",
-                         bench.fmt(row["slowdown"], ".2f") + ("x" if row["slowdown"] else ""),
-                         bench.fmt(row["cpu_slowdown"], ".2f") + ("x" if row["cpu_slowdown"] else ""),
-                         bench.fmt(row["tool_cpu_s"], ".2f"),
-                         bench.fmt(row["report_s"], ".2f"),
-                         bench.fmt(row["mb"], ".2f"),
-                         bench.fmt(row["samples"], ",.0f")])
+    for tool, row in by_tool.items():
+        if not row["runs"]:
+            rows.append([labels[tool], "failed: " + (row["errors"] or ["?"])[0][:120]]
+                        + [""] * (len(header) - 2))
+            continue
+        lo, hi = row["program_range"]
+        rows.append([labels[tool],
+                     f"{row['program_s']:.2f} ({lo:.2f}-{hi:.2f})",
+                     bench.fmt(row["slowdown"], ".2f") + ("x" if row["slowdown"] else ""),
+                     bench.fmt(row["cpu_slowdown"], ".2f") + ("x" if row["cpu_slowdown"] else ""),
+                     bench.fmt(row["tool_cpu_s"], ".2f"),
+                     bench.fmt(row["report_s"], ".2f"),
+                     bench.fmt(row["mb"], ".2f"),
+                     bench.fmt(row["samples"], ",.0f"),
+                     bench.fmt(row["reach"], ".1%")])
     return header, rows
 
 
@@ -609,11 +622,13 @@ def render(saved: dict, markdown: bool) -> str:
                      f"Rounds: {meta['rounds']} counted (+{meta['warmup']} warm-up), interleaved")
     else:
         parts.append(f"{meta['command']}\n{meta['machine']}\n{meta['versions']['python']}")
-    parts.append(table(*main_table(summary, labels)))
+    bold = "**" if markdown else ""
+    for workload, by_tool in summary.items():
+        parts.append(f"{bold}{workload}: {WORKLOAD_TITLES[workload]}{bold}\n\n"
+                     + table(*workload_table(by_tool, labels)))
     if "split" in summary:
-        parts.append(("**" if markdown else "") + "split: share of each function, on stack "
-                     "(error against nominal, points)" + ("**" if markdown else "") + "\n\n"
-                     + table(*split_table(summary, labels)))
+        parts.append(f"{bold}split: each tool's share of each function, on stack (error against "
+                     f"the nominal split, points){bold}\n\n" + table(*split_table(summary, labels)))
     if meta["missing"]:
         parts.append("Not measured:\n" + "\n".join(f"- {t}: {why}" for t, why in meta["missing"].items()))
     return "\n\n".join(parts) + "\n"
