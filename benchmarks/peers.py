@@ -70,7 +70,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -92,6 +92,8 @@ PY_SPY = "py-spy==0.4.3"
 #: has 2.36): when it does not run, the last 3.x (Python 3.8-3.13) is tried.
 AUSTIN = ("austin-dist==4.0.0", "austin-dist==3.7.0")
 XPERF_HZ = 249
+#: Below this median share of samples naming the split's functions, a tool's shares are not shown.
+MIN_NAMED = 0.10
 TIMEOUT = 900
 
 
@@ -103,15 +105,12 @@ def log(msg: str) -> None:
 
 @dataclasses.dataclass
 class Setup:
-    python: str  # the venv's interpreter
+    python: str  # the venv's interpreter, which runs every program
     venv: Path
-    version: Tuple[int, ...]
     fp: bool  # the interpreter keeps frame pointers (perftramp then records in map mode)
-    perf: Optional[str]
-    #: tool name -> what runs it (a path) or None; missing: tool name -> why not
-    bins: Dict[str, str]
-    versions: Dict[str, str]
-    missing: Dict[str, str]
+    bins: Dict[str, str]  # tool name -> the executable that runs it
+    versions: Dict[str, str]  # tool or package -> its version (python: a description)
+    missing: Dict[str, str]  # tool name -> why it cannot be measured here
 
 
 def pip_install(venv: Path, *args: str, env: Optional[Dict[str, str]] = None) -> Optional[str]:
@@ -186,68 +185,80 @@ def probe_sampler(name: str, command: List[str], out: Path) -> Optional[str]:
 BUSY = "import time\nt = time.monotonic() + 0.3\nwhile time.monotonic() < t: pass\n"
 
 
-def setup(python: str) -> Setup:
-    interp = bench.Interp(python)
-    venv = make_venv(python, interp.version)
-    vpy = str(venv / "bin/python")
-    missing: Dict[str, str] = {}
-    bins: Dict[str, str] = {"none": vpy}
-    versions = {"python": f"CPython {'.'.join(map(str, interp.version))} ({python}"
-                          f"{', frame pointers' if interp.fp else ', no frame pointers'})"}
-    error = pip_install(venv, SYMPY)
-    if error:
-        sys.exit(f"peers: cannot install {SYMPY} (the sympy workload needs it):\n    {error}")
-    versions["sympy"] = SYMPY.split("==")[1]
+def add_perf_tools(s: Setup, interp: "bench.Interp") -> None:
+    """perftramp (built from this tree) and -X perf, which both need perf."""
     perf = shutil.which("perf")
     if perf is None:
         why = ("perf is not installed (Debian: apt-get install linux-perf; Ubuntu: "
                "linux-tools-$(uname -r); Fedora: dnf install perf)")
-        missing.update(perftramp=why, xperf=why, **{"xperf-dwarf": why})
+        s.missing.update({"perftramp": why, "xperf": why, "xperf-dwarf": why})
+        return
+    s.versions["perf"] = tool_output([perf, "--version"])[1].split()[-1]
+    error = install_perftramp(s.venv)
+    if error:
+        s.missing["perftramp"] = f"`pip install .` failed (Rust and cargo needed):\n    {error}"
     else:
-        versions["perf"] = tool_output([perf, "--version"])[1].split()[-1]
-    if perf:
-        error = install_perftramp(venv)
-        if error:
-            missing["perftramp"] = f"`pip install .` failed (Rust and cargo needed):\n    {error}"
-        else:
-            bins["perftramp"] = vpy
-            versions["perftramp"] = tool_output([vpy, "-m", "perftramp", "--version"])[1].split()[-1]
-        if interp.has_perf:
-            bins["xperf"] = bins["xperf-dwarf"] = perf
-        else:
-            missing["xperf"] = missing["xperf-dwarf"] = (
-                f"CPython {interp.tag} has no -X perf (3.12+ on Linux x86-64/aarch64)")
+        s.bins["perftramp"] = s.python
+        s.versions["perftramp"] = tool_output([s.python, "-m", "perftramp", "--version"])[1].split()[-1]
+    if interp.has_perf:
+        s.bins["xperf"] = s.bins["xperf-dwarf"] = perf
+    else:
+        s.missing["xperf"] = s.missing["xperf-dwarf"] = (
+            f"CPython {interp.tag} has no -X perf (3.12+ on Linux x86-64/aarch64)")
+
+
+def add_pyspy(s: Setup, busy: Path) -> None:
+    error = pip_install(s.venv, PY_SPY)
+    if error:
+        s.missing["py-spy"] = f"pip install {PY_SPY} failed: {error}"
+        return
+    spy = str(s.venv / "bin/py-spy")
+    out = busy.with_name("py-spy.txt")
+    error = probe_sampler("py-spy", [spy, "record", "--format", "raw", "-o", str(out), "--",
+                                     s.python, str(busy)], out)
+    if error:
+        s.missing["py-spy"] = error
+        return
+    s.bins["py-spy"] = spy
+    s.versions["py-spy"] = tool_output([spy, "--version"])[1].split()[-1]
+
+
+def add_austin(s: Setup, busy: Path) -> None:
+    error, version = install_austin(s.venv)
+    if error:
+        s.missing["austin"] = error
+        return
+    austin = str(s.venv / "bin/austin")
+    out = busy.with_name("austin.txt")
+    error = probe_sampler("austin", [austin, "-o", str(out), s.python, str(busy)], out)
+    if error:
+        s.missing["austin"] = error
+        return
+    s.bins["austin"] = austin
+    s.versions["austin"] = version
+
+
+def setup(python: str) -> Setup:
+    """The venv and every tool that can be had; the others are named with the reason."""
+    interp = bench.Interp(python)
+    venv = make_venv(python, interp.version)
+    vpy = str(venv / "bin/python")
+    s = Setup(vpy, venv, interp.fp, {"none": vpy},
+              {"python": f"CPython {interp.tag.replace('-fp', '')} ({python}, "
+                         f"{'frame pointers' if interp.fp else 'no frame pointers'})"}, {})
+    error = pip_install(venv, SYMPY)
+    if error:
+        sys.exit(f"peers: cannot install {SYMPY} (the sympy workload needs it):\n    {error}")
+    s.versions["sympy"] = SYMPY.split("==")[1]
+    add_perf_tools(s, interp)
     with tempfile.TemporaryDirectory(prefix="peers-probe-") as tmp:
         busy = Path(tmp) / "busy.py"
         busy.write_text(BUSY)
-        error = pip_install(venv, PY_SPY)
-        if error:
-            missing["py-spy"] = f"pip install {PY_SPY} failed: {error}"
-        else:
-            spy = str(venv / "bin/py-spy")
-            out = Path(tmp) / "spy.txt"
-            error = probe_sampler("py-spy", [spy, "record", "--format", "raw", "-o", str(out), "--",
-                                             vpy, str(busy)], out)
-            if error:
-                missing["py-spy"] = error
-            else:
-                bins["py-spy"] = spy
-                versions["py-spy"] = tool_output([spy, "--version"])[1].split()[-1]
-        error, version = install_austin(venv)
-        if error:
-            missing["austin"] = error
-        else:
-            austin = str(venv / "bin/austin")
-            out = Path(tmp) / "austin.txt"
-            error = probe_sampler("austin", [austin, "-o", str(out), vpy, str(busy)], out)
-            if error:
-                missing["austin"] = error
-            else:
-                bins["austin"] = austin
-                versions["austin"] = version
-    for name, why in missing.items():
+        add_pyspy(s, busy)
+        add_austin(s, busy)
+    for name, why in s.missing.items():
         log(f"NOT MEASURED: {name}: {why}")
-    return Setup(vpy, venv, interp.version, interp.fp, perf, bins, versions, missing)
+    return s
 
 
 # --- the tools ------------------------------------------------------------------------------------
@@ -261,7 +272,6 @@ class Tool:
     stacks: Callable[[Path], List[Tuple[List[str], float, int]]]
     #: work after the command, before the report is readable (-X perf: perf script)
     finish: Optional[Callable[[Setup, Path], None]] = None
-    label: str = ""
 
 
 def collapsed_stacks(path: Path, weight_is_time: bool = False) -> List[Tuple[List[str], float, int]]:
@@ -329,7 +339,7 @@ def perf_script(s: Setup, out: Path) -> None:
 
 
 TOOLS = {
-    "none": Tool("none", lambda s, prog, out: prog, lambda out: [], label="no tool"),
+    "none": Tool("none", lambda s, prog, out: prog, lambda out: []),
     "perftramp": Tool("perftramp", perftramp_command,
                       lambda out: collapsed_stacks(out / "record" / "stacks.collapsed")),
     "py-spy": Tool("py-spy", pyspy_command, lambda out: collapsed_stacks(out / "py-spy.txt")),
@@ -421,7 +431,7 @@ def run_once(s: Setup, tool: Tool, workload: str, work: Path) -> dict:
                               timeout=TIMEOUT)
     try:
         if proc.returncode != 0 or not result_file.exists():
-            tail = (out.parent / "stderr.txt").read_text(errors="replace").strip().splitlines()[-3:]
+            tail = (out.parent / "stderr.txt").read_text(errors="replace").strip().splitlines()[-6:]
             return {"error": f"exit {proc.returncode}: {' / '.join(tail)}"}
         result = json.loads(result_file.read_text())
         if tool.finish:
@@ -597,8 +607,9 @@ def split_table(summary: dict, labels: Dict[str, str]) -> Tuple[List[str], List[
     for tool, row in summary.get("split", {}).items():
         if not row["runs"]:
             continue
-        if not row.get("shares"):
-            rows.append([labels[tool]] + ["no sample names them"] * len(SPLIT) + ["",
+        if not row.get("shares") or (tool != "none" and (row["named"] or 0) < MIN_NAMED):
+            # A few stray samples would give shares as wild as they are meaningless.
+            rows.append([labels[tool]] + ["too few samples name them"] * len(SPLIT) + ["",
                         bench.fmt(row["named"], ".1%")])
             continue
         cells = [f"{100 * row['shares'][n]:.1f}% ({row['error_pts'][n]:+.1f})" for n in SPLIT]
@@ -606,6 +617,13 @@ def split_table(summary: dict, labels: Dict[str, str]) -> Tuple[List[str], List[
                     + cells + [f"{row['worst_pts']:.1f}",
                                bench.fmt(row["named"], ".1%") if tool != "none" else ""])
     return header, rows
+
+
+def failures(by_tool: dict, labels: Dict[str, str]) -> str:
+    """The runs that failed (the medians are over the others), one line per tool."""
+    lines = [f"{labels[tool]}: {len(row['errors'])} of {len(row['errors']) + row['runs']} runs "
+             f"failed ({row['errors'][0][:300]})" for tool, row in by_tool.items() if row["errors"]]
+    return "".join(f"\n\n{line}" for line in lines)
 
 
 def render(saved: dict, markdown: bool) -> str:
@@ -625,7 +643,7 @@ def render(saved: dict, markdown: bool) -> str:
     bold = "**" if markdown else ""
     for workload, by_tool in summary.items():
         parts.append(f"{bold}{workload}: {WORKLOAD_TITLES[workload]}{bold}\n\n"
-                     + table(*workload_table(by_tool, labels)))
+                     + table(*workload_table(by_tool, labels)) + failures(by_tool, labels))
     if "split" in summary:
         parts.append(f"{bold}split: each tool's share of each function, on stack (error against "
                      f"the nominal split, points){bold}\n\n" + table(*split_table(summary, labels)))
