@@ -31,7 +31,8 @@ machine's load hits all tools alike); a warm-up round first is not counted. For 
   PEERS_RESULT); slowdown: that time / the baseline's in the same round, median over rounds;
 - CPU slowdown: the same ratio for the program's own CPU time (process_time at its last line:
   what the tool adds inside the program, e.g. perf's sample copies in its kernel time; waiting
-  for a CPU on a loaded machine does not count, so it is far less noisy than wall time);
+  for a CPU on a loaded machine does not count, so it is less noisy than wall time, though
+  on a shared VM it still moves by up to 1.5x);
 - tool CPU s: CPU time of the whole command (every process it waited for, and perf script)
   less the program's: what the profiler itself burns, report included;
 - report s: from the program's last line to a readable report on disk (the tool's exit; for
