@@ -70,6 +70,8 @@ TARGET = Path("/tmp/bench-target")
 MICRO = HERE / "micro.py"
 CLOCK = HERE / "_clock.py"
 RESULTS_MD = HERE / "results.md"
+PEERS_POINTER = ("perftramp against py-spy, Austin and CPython's `-X perf` + perf (slowdown, share "
+                 "errors, report time, bytes left): docs/peers.md, made by benchmarks/peers.py.")
 
 PYTHONS = [
     "/root/.pyenv/versions/3.9.18/bin/python3",
@@ -809,7 +811,8 @@ def md_table(header, rows) -> str:
 def render(summaries: List[dict], meta: dict, markdown: bool, overall: bool = True) -> str:
     parts = []
     if markdown:
-        parts.append("# perftramp benchmarks\n")
+        # One part (the targets table goes in at index 2): the title and where the other figures are.
+        parts.append("# perftramp benchmarks\n\n" + PEERS_POINTER + "\n")
         parts.append(f"Command: `{meta['command']}`  \nDate: {meta['date']} (took {meta['minutes']:.1f} min)  \n"
                      f"Commit: {meta['commit']}, perftramp sources hash {meta['src_hash']}  \n"
                      f"Machine: {meta['machine']}\n")
