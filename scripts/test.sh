@@ -50,6 +50,10 @@ if [ "${PERFTRAMP_FRESH:-0}" = 1 ]; then
     echo "test.sh: fresh run: caches under $fresh, chroot $SID_ROOT, scratch $ci_tmp*" >&2
     # Unmounts the fresh chroot and removes what this run made (only once nothing is mounted in it).
     remove_fresh() {
+        set +e  # clean up as much as can be, whatever fails
+        # Background jobs (the chroot stream, the build) first: they use what is removed below.
+        local running; running=$(jobs -p)
+        [ -z "$running" ] || { kill $running 2>/dev/null; wait 2>/dev/null; }
         [ "${PERFTRAMP_KEEP_FRESH:-0}" = 1 ] && { echo "test.sh: kept $SID_ROOT and $fresh" >&2; return; }
         [ -d "$SID_ROOT" ] && SID_ROOT="$SID_ROOT" bash "$root/scripts/sid-chroot.sh" --umount >/dev/null 2>&1
         if grep -q " $SID_ROOT/" /proc/mounts; then
@@ -66,10 +70,9 @@ bash scripts/install-deps.sh
 tier "host packages (install-deps.sh)"
 mkdir -p "$root/target"
 
-# The two slow one-time set-ups start now, in the background, and are waited for just before the
-# tier that needs them: on a new machine they overlap the first tiers instead of adding to them.
-# The sid chroot is mostly downloads and unpacking; the frame-pointer build runs at nice 19, so
-# it takes only CPU time the tests leave. Each writes its log (and its wall time) under target/.
+# The frame-pointer build starts now, in the background, and its tier waits for it: on a new
+# machine it overlaps the first tiers instead of adding to them. It runs at nice 19, so it takes
+# only CPU time the tests leave. It writes its log (and its wall time) under target/.
 declare -A bg_pid=()
 in_background() {  # NAME COMMAND...: target/NAME.out (stdout), .log (stderr), .seconds
     local name=$1; shift
@@ -106,11 +109,6 @@ if [ "${PERFTRAMP_NO_FP_BUILD:-0}" != 1 ]; then
     in_background fp-python-build nice -n 19 bash scripts/build-fp-python.sh 3.13
     fp_python=fp-python-build
     pythons+=("$fp_python")
-fi
-sid_wanted=0
-if [ "${PERFTRAMP_NO_SID:-0}" != 1 ] && [ "$(id -u)" = 0 ]; then
-    sid_wanted=1
-    in_background sid-chroot-setup env SID_ROOT="${SID_ROOT:-/opt/sid}" bash scripts/sid-chroot.sh
 fi
 [ "${#pythons[@]}" -gt 0 ] || { echo "test.sh: no CPython >= 3.9 found" >&2; exit 1; }
 
@@ -179,6 +177,203 @@ else
 fi
 
 tier "rust unit tests"
+# --- The chroot stream: CPython 3.14/3.15 in the sid chroot (perf 7.x and perf 6.1), the opt-in
+# debug builds, then aarch64 under qemu. It runs in the background, beside the host's tiers, from
+# here on: the two streams are independent (their own trees, venvs and pytest base directories;
+# the tests' workloads count CPU seconds, so sharing the 2 cores changes no share), and together
+# they take about half the wall time. Its output goes to target/chroot-tiers.log, printed at the
+# end; PERFTRAMP_SERIAL=1 runs it after the host tiers instead.
+chroot_tiers() {
+    local pytest_args; pytest_args=$(printf '%q ' "$@")  # for the sh -c strings run in the chroot
+    # --- CPython 3.14 and 3.15 in a Debian sid chroot, with perf 7.x and the host's perf 6.1 ------------
+    # The chroot sees only the host's /tmp: the checkout is copied there to be built inside.
+    if [ "${PERFTRAMP_NO_SID:-0}" != 1 ]; then
+        sid_root=${SID_ROOT:-/opt/sid}
+        sid_src=$ci_tmp-src
+        in_sid() { chroot "$sid_root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 PATH=/usr/local/bin:/usr/bin:/bin "$@"; }
+        # Sums one pytest run (JUnit XML, exit code) into the totals, under a report label.
+        sid_account() {
+            local label=$1 xml=$2 code=$3 extra_passed=${4:-0} extra_failed=${5:-0}
+            local passed failed skipped tests
+            read -r passed failed skipped tests <<<"$(junit_counts "$xml")"
+            if [ "$code" -eq 5 ] || [ "$tests" -eq 0 ]; then
+                echo "test.sh: pytest ran no test on $label" >&2; failed=$((failed + 1))
+            elif [ "$code" -ne 0 ] && [ "$failed" -eq 0 ]; then
+                echo "test.sh: pytest exited $code on $label" >&2; failed=1
+            fi
+            passed=$((passed + extra_passed)); failed=$((failed + extra_failed))
+            total_passed=$((total_passed + passed)); total_failed=$((total_failed + failed))
+            total_skipped=$((total_skipped + skipped))
+            report+=("$label: $passed passed, $failed failed, $skipped skipped")
+        }
+        if [ "$(id -u)" != 0 ]; then
+            echo "test.sh: the sid chroot tier (CPython 3.14/3.15, perf 7) needs root; PERFTRAMP_NO_SID=1 skips it" >&2
+            total_failed=$((total_failed + 1)); report+=("sid chroot: NOT RUN (needs root)")
+        elif ! SID_ROOT="$sid_root" bash scripts/sid-chroot.sh; then
+            echo "test.sh: setting up the sid chroot failed" >&2
+            total_failed=$((total_failed + 1)); report+=("sid chroot: SETUP FAILED")
+        else
+            tier "sid chroot (sid-chroot.sh: set up or mount)"
+            rm -rf "$sid_src"; mkdir -p "$sid_src/target/pytest"
+            tar -C "$root" --exclude=./target --exclude=./.venvs --exclude=./.git -cf - . | tar -C "$sid_src" -xf -
+            # The live jitdump reader built on the host runs in the chroot too (a newer glibc there).
+            if [ -n "${PERFTRAMP_JITDUMP_FOLLOWER:-}" ]; then
+                cp "$PERFTRAMP_JITDUMP_FOLLOWER" "$sid_src/target/jitdump_follow"
+            fi
+            # speedscope's release build, where the chroot sees it (it has its own Chromium).
+            sid_readers=()
+            if [ -n "${PERFTRAMP_SPEEDSCOPE_DIR:-}" ]; then
+                cp -r "$PERFTRAMP_SPEEDSCOPE_DIR" "$sid_src/target/speedscope"
+                sid_readers=(PERFTRAMP_SPEEDSCOPE_DIR="$sid_src/target/speedscope")
+            fi
+            sid_perf=$(in_sid perf version | awk '{print $3}')
+            host_perf=$(in_sid /opt/hostperf/bin/perf version | awk '{print $3}')
+            for v in ${SID_PYTHONS:-3.14 3.15}; do
+                venv=/opt/venvs/perftramp-ci-py$v  # not the dev venvs sid-pythons.sh makes
+                tag="$(in_sid "python$v" -c 'import sys; print(sys.version.split()[0])' || echo "$v")-sid"
+                echo "== CPython $tag (sid chroot, $venv)"
+                [ -x "$sid_root$venv/bin/python" ] || in_sid "python$v" -m venv "$venv"
+                in_sid "$venv/bin/python" -m pip install -q pytest flake8 jsonschema
+                # A per-version cargo target under /tmp: rebuilds only what changed.
+                if ! in_sid env CARGO_TARGET_DIR="$ci_tmp-target-$v" "$venv/bin/python" -m pip install \
+                        -q --force-reinstall --no-deps "$sid_src"; then
+                    echo "test.sh: building perftramp for $tag failed" >&2
+                    total_failed=$((total_failed + 1)); report+=("$tag: BUILD FAILED"); continue
+                fi
+                env_extra=(PERFTRAMP_SKIP_ONCE=1 PERFTRAMP_REQUIRE_PERF=1 PERFTRAMP_FULL_FORK_MATRIX=1
+                           PERFTRAMP_JITDUMP_FOLLOWER="$sid_src/target/jitdump_follow"
+                           PERFTRAMP_REQUIRE_READERS=1 "${sid_readers[@]}")
+                # 3.15 builds keep frame pointers by default: the fp tests must run, not skip.
+                case $v in 3.14) ;; *) env_extra+=(PERFTRAMP_EXPECT_FP=1) ;; esac
+                xml="target/pytest/$tag-perf$sid_perf.xml"
+                set +e
+                in_sid env "${env_extra[@]}" sh -c "cd $sid_src && exec $venv/bin/python -m pytest -q \
+                    -p no:cacheprovider --basetemp=$sid_src/target/pytest-tmp --junitxml=$xml \
+                    -o junit_family=xunit2 $pytest_args tests"
+                code=$?
+                set -e
+                cp "$sid_src/$xml" "$root/target/pytest/" 2>/dev/null || true
+                sid_account "$tag, perf $sid_perf" "$sid_src/$xml" "$code"
+                # The tests that run perf, again with the host's perf (6.1, libunwind) inside the chroot.
+                xml="target/pytest/$tag-perf$host_perf.xml"
+                set +e
+                in_sid env "${env_extra[@]}" PERFTRAMP_PERF=/opt/hostperf/bin/perf sh -c "cd $sid_src && \
+                    exec $venv/bin/python -m pytest -q -p no:cacheprovider -m perf \
+                    --basetemp=$sid_src/target/pytest-tmp --junitxml=$xml \
+                    -o junit_family=xunit2 $pytest_args tests"
+                code=$?
+                set -e
+                cp "$sid_src/$xml" "$root/target/pytest/" 2>/dev/null || true
+                regr_passed=0 regr_failed=0
+                if [ "${PERFTRAMP_NO_REGRTEST:-0}" != 1 ]; then
+                    echo "-- CPython regression tests with and without perftramp ($tag)"
+                    if in_sid "$venv/bin/python" "$sid_src/scripts/cpython_regrtest.py" --quick; then
+                        regr_passed=1
+                    else
+                        echo "test.sh: CPython's regression tests differ with perftramp on $tag" >&2
+                        regr_failed=1
+                    fi
+                fi
+                sid_account "$tag, perf $host_perf" "$sid_src/$xml" "$code" "$regr_passed" "$regr_failed"
+                tier "CPython $tag (perf $sid_perf, perf $host_perf)"
+            done
+            # The Rust unit tests again, built for the newest sid interpreter (its Py_3_14+ code).
+            newest=${SID_PYTHONS:-3.14 3.15}; newest=${newest##* }
+            echo "== Rust unit tests (cargo test, linked against sid's python$newest)"
+            log="$root/target/cargo-test-sid.log"
+            in_sid sh -c "cd $sid_src && PYO3_PYTHON=python$newest \
+                CARGO_TARGET_DIR=$ci_tmp-cargotest-$newest cargo test --quiet" 2>&1 | tee "$log" || true
+            sid_rust=$(grep -E '^test result:' "$log" || true)
+            sid_rust_passed=$(awk '/^test result:/ {s += $4} END {print s+0}' <<<"$sid_rust")
+            sid_rust_failed=$(awk '/^test result:/ {s += $6} END {print s+0}' <<<"$sid_rust")
+            if [ -z "$sid_rust" ] || grep -q 'error\[\|could not compile' "$log"; then
+                echo "test.sh: cargo test did not run for python$newest" >&2; sid_rust_failed=$((sid_rust_failed + 1))
+            fi
+            total_passed=$((total_passed + sid_rust_passed)); total_failed=$((total_failed + sid_rust_failed))
+            report+=("rust (python$newest, sid): $sid_rust_passed passed, $sid_rust_failed failed")
+            tier "rust unit tests (sid python$newest)"
+        fi
+    fi
+
+    # --- Debug builds (opt-in, nightly-sized: PERFTRAMP_DBG=1): the suite on python3.14-dbg and
+    # python3.15-dbg (assertions and reference-count checks on) in the sid chroot, as a stress run.
+    if [ "${PERFTRAMP_DBG:-0}" = 1 ] && [ "${PERFTRAMP_NO_SID:-0}" != 1 ] && [ -d "${sid_src:-}" ]; then
+        # The -dbg packages also carry the debug symbols of the release interpreters: they are removed
+        # again afterwards, so that the next run's release tiers see the stripped interpreters a fresh
+        # chroot has (a test once passed only because this tier had left the symbols behind).
+        dbg_installed=()
+        for v in ${SID_PYTHONS:-3.14 3.15}; do
+            if ! in_sid dpkg -s "python$v-dbg" >/dev/null 2>&1; then
+                in_sid env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "python$v-dbg" >/dev/null
+                dbg_installed+=("python$v-dbg")
+            fi
+            venv=/opt/venvs/perftramp-ci-dbg-py$v
+            tag="$v-dbg"
+            echo "== CPython $tag (sid chroot, python${v}d, $venv)"
+            [ -x "$sid_root$venv/bin/python" ] || in_sid "python${v}d" -m venv "$venv"
+            in_sid "$venv/bin/python" -m pip install -q pytest flake8
+            if ! in_sid env CARGO_TARGET_DIR="$ci_tmp-target-dbg-$v" "$venv/bin/python" -m pip \
+                    install -q --force-reinstall --no-deps "$sid_src"; then
+                total_failed=$((total_failed + 1)); report+=("$tag: BUILD FAILED"); continue
+            fi
+            xml="target/pytest/$tag.xml"
+            set +e
+            in_sid env PERFTRAMP_SKIP_ONCE=1 PERFTRAMP_REQUIRE_PERF=1 \
+                PERFTRAMP_JITDUMP_FOLLOWER="$sid_src/target/jitdump_follow" sh -c "cd $sid_src && \
+                exec $venv/bin/python -m pytest -q -p no:cacheprovider --basetemp=$sid_src/target/pytest-tmp \
+                --junitxml=$xml -o junit_family=xunit2 $pytest_args tests"
+            code=$?
+            set -e
+            sid_account "$tag, perf $sid_perf" "$sid_src/$xml" "$code"
+            tier "CPython $tag"
+        done
+        if [ "${#dbg_installed[@]}" -gt 0 ]; then
+            in_sid env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q "${dbg_installed[@]}" >/dev/null
+            in_sid env DEBIAN_FRONTEND=noninteractive apt-get autoremove -y -q --purge >/dev/null
+        fi
+    fi
+
+    # --- aarch64: the extension cross-built, its tests run with an arm64 CPython under qemu -----------
+    if [ "${PERFTRAMP_NO_AARCH64:-0}" != 1 ]; then
+        echo "== aarch64 tier (scripts/aarch64-tier.sh: arm64 CPython 3.14 under qemu-user, no perf)"
+        set +e
+        bash scripts/aarch64-tier.sh "$root/target/dist-aarch64" 2>&1 | tee "$root/target/aarch64-tier.log"
+        code=${PIPESTATUS[0]}
+        set -e
+        line=$(grep -E '^aarch64: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped' "$root/target/aarch64-tier.log" | tail -n1)
+        read -r arm_passed arm_failed arm_skipped < <(awk '{print $2, $4, $6}' <<<"${line:-aarch64: 0 passed, 0 failed, 0 skipped}")
+        if [ "$code" -ne 0 ] && [ "${arm_failed:-0}" -eq 0 ]; then arm_failed=1; fi
+        if [ -z "$line" ] || [ "${arm_passed:-0}" -eq 0 ]; then
+            echo "test.sh: the aarch64 tier ran no test (exit $code)" >&2; arm_failed=$((arm_failed + 1))
+        fi
+        total_passed=$((total_passed + arm_passed)); total_failed=$((total_failed + arm_failed))
+        total_skipped=$((total_skipped + arm_skipped))
+        report+=("aarch64 (qemu, 3.14): $arm_passed passed, $arm_failed failed, $arm_skipped skipped")
+        tier "aarch64 (qemu)"
+    fi
+
+}
+chroot_out="$root/target/chroot-tiers"
+# In a subshell, with counters of its own: the main shell adds them up after waiting.
+run_chroot_tiers() {
+    total_passed=0 total_failed=0 total_skipped=0 report=() times=() tier_start=$(date +%s)
+    chroot_tiers "$@"
+    echo "$total_passed $total_failed $total_skipped" >"$chroot_out.counts"
+    printf '%s\n' "${report[@]}" >"$chroot_out.report"
+    printf '%s\n' "${times[@]}" >"$chroot_out.times"
+}
+rm -f "$chroot_out".*; mkdir -p "$root/target/pytest"
+chroot_pid=""
+if [ "${PERFTRAMP_NO_SID:-0}" != 1 ] || [ "${PERFTRAMP_NO_AARCH64:-0}" != 1 ]; then
+    if [ "${PERFTRAMP_SERIAL:-0}" = 1 ]; then
+        deferred_chroot=1
+    else
+        echo "== Chroot tiers start in the background (log: $chroot_out.log)"
+        ( run_chroot_tiers "$@" ) >"$chroot_out.log" 2>&1 &
+        chroot_pid=$!
+    fi
+fi
+
 total_passed=$((rust_passed + 1 - docs_failed)) total_failed=$((rust_failed + docs_failed)) total_skipped=0
 declare -a report=("rust: $rust_passed passed, $rust_failed failed"
                    "docs: $([ "$docs_failed" = 0 ] && echo "built strictly" || echo "BUILD FAILED")")
@@ -274,168 +469,25 @@ for py in "${pythons[@]}"; do
     index=$((index + 1))
 done
 
-# --- CPython 3.14 and 3.15 in a Debian sid chroot, with perf 7.x and the host's perf 6.1 ------------
-# The chroot sees only the host's /tmp: the checkout is copied there to be built inside.
-if [ "${PERFTRAMP_NO_SID:-0}" != 1 ]; then
-    sid_root=${SID_ROOT:-/opt/sid}
-    sid_src=$ci_tmp-src
-    in_sid() { chroot "$sid_root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 PATH=/usr/local/bin:/usr/bin:/bin "$@"; }
-    # Sums one pytest run (JUnit XML, exit code) into the totals, under a report label.
-    sid_account() {
-        local label=$1 xml=$2 code=$3 extra_passed=${4:-0} extra_failed=${5:-0}
-        local passed failed skipped tests
-        read -r passed failed skipped tests <<<"$(junit_counts "$xml")"
-        if [ "$code" -eq 5 ] || [ "$tests" -eq 0 ]; then
-            echo "test.sh: pytest ran no test on $label" >&2; failed=$((failed + 1))
-        elif [ "$code" -ne 0 ] && [ "$failed" -eq 0 ]; then
-            echo "test.sh: pytest exited $code on $label" >&2; failed=1
-        fi
-        passed=$((passed + extra_passed)); failed=$((failed + extra_failed))
-        total_passed=$((total_passed + passed)); total_failed=$((total_failed + failed))
-        total_skipped=$((total_skipped + skipped))
-        report+=("$label: $passed passed, $failed failed, $skipped skipped")
-    }
-    if [ "$sid_wanted" != 1 ]; then
-        echo "test.sh: the sid chroot tier (CPython 3.14/3.15, perf 7) needs root; PERFTRAMP_NO_SID=1 skips it" >&2
-        total_failed=$((total_failed + 1)); report+=("sid chroot: NOT RUN (needs root)")
-    elif ! wait_for sid-chroot-setup 25; then
-        echo "test.sh: setting up the sid chroot failed (target/sid-chroot-setup.log)" >&2
-        total_failed=$((total_failed + 1)); report+=("sid chroot: SETUP FAILED")
+# --- The chroot stream, waited for: its log, then its counts, times and report lines -------------
+if [ "${deferred_chroot:-0}" = 1 ]; then
+    echo "== Chroot tiers (PERFTRAMP_SERIAL=1: after the host tiers; log: $chroot_out.log)"
+    ( run_chroot_tiers "$@" ) >"$chroot_out.log" 2>&1 &
+    chroot_pid=$!
+fi
+if [ -n "${chroot_pid:-}" ]; then
+    chroot_code=0; wait "$chroot_pid" || chroot_code=$?
+    echo "== Chroot tiers (run beside the host tiers; their whole log follows, also in $chroot_out.log)"
+    cat "$chroot_out.log"
+    if read -r c_passed c_failed c_skipped <"$chroot_out.counts" 2>/dev/null; then
+        total_passed=$((total_passed + c_passed)); total_failed=$((total_failed + c_failed))
+        total_skipped=$((total_skipped + c_skipped))
+        mapfile -t c_report <"$chroot_out.report"; report+=("${c_report[@]}")
+        mapfile -t c_times <"$chroot_out.times"; times+=("${c_times[@]/%/ (beside the host tiers)}")
     else
-        tier "sid chroot (waiting for its set-up)"
-        rm -rf "$sid_src"; mkdir -p "$sid_src/target/pytest"
-        tar -C "$root" --exclude=./target --exclude=./.venvs --exclude=./.git -cf - . | tar -C "$sid_src" -xf -
-        # The live jitdump reader built on the host runs in the chroot too (a newer glibc there).
-        if [ -n "${PERFTRAMP_JITDUMP_FOLLOWER:-}" ]; then
-            cp "$PERFTRAMP_JITDUMP_FOLLOWER" "$sid_src/target/jitdump_follow"
-        fi
-        # speedscope's release build, where the chroot sees it (it has its own Chromium).
-        sid_readers=()
-        if [ -n "${PERFTRAMP_SPEEDSCOPE_DIR:-}" ]; then
-            cp -r "$PERFTRAMP_SPEEDSCOPE_DIR" "$sid_src/target/speedscope"
-            sid_readers=(PERFTRAMP_SPEEDSCOPE_DIR="$sid_src/target/speedscope")
-        fi
-        sid_perf=$(in_sid perf version | awk '{print $3}')
-        host_perf=$(in_sid /opt/hostperf/bin/perf version | awk '{print $3}')
-        for v in ${SID_PYTHONS:-3.14 3.15}; do
-            venv=/opt/venvs/perftramp-ci-py$v  # not the dev venvs sid-pythons.sh makes
-            tag="$(in_sid "python$v" -c 'import sys; print(sys.version.split()[0])' || echo "$v")-sid"
-            echo "== CPython $tag (sid chroot, $venv)"
-            [ -x "$sid_root$venv/bin/python" ] || in_sid "python$v" -m venv "$venv"
-            in_sid "$venv/bin/python" -m pip install -q pytest flake8 jsonschema
-            # A per-version cargo target under /tmp: rebuilds only what changed.
-            if ! in_sid env CARGO_TARGET_DIR="$ci_tmp-target-$v" "$venv/bin/python" -m pip install \
-                    -q --force-reinstall --no-deps "$sid_src"; then
-                echo "test.sh: building perftramp for $tag failed" >&2
-                total_failed=$((total_failed + 1)); report+=("$tag: BUILD FAILED"); continue
-            fi
-            env_extra=(PERFTRAMP_SKIP_ONCE=1 PERFTRAMP_REQUIRE_PERF=1 PERFTRAMP_FULL_FORK_MATRIX=1
-                       PERFTRAMP_JITDUMP_FOLLOWER="$sid_src/target/jitdump_follow"
-                       PERFTRAMP_REQUIRE_READERS=1 "${sid_readers[@]}")
-            # 3.15 builds keep frame pointers by default: the fp tests must run, not skip.
-            case $v in 3.14) ;; *) env_extra+=(PERFTRAMP_EXPECT_FP=1) ;; esac
-            xml="target/pytest/$tag-perf$sid_perf.xml"
-            set +e
-            in_sid env "${env_extra[@]}" sh -c "cd $sid_src && exec $venv/bin/python -m pytest -q \
-                -p no:cacheprovider --junitxml=$xml -o junit_family=xunit2 $* tests"
-            code=$?
-            set -e
-            cp "$sid_src/$xml" "$root/target/pytest/" 2>/dev/null || true
-            sid_account "$tag, perf $sid_perf" "$sid_src/$xml" "$code"
-            # The tests that run perf, again with the host's perf (6.1, libunwind) inside the chroot.
-            xml="target/pytest/$tag-perf$host_perf.xml"
-            set +e
-            in_sid env "${env_extra[@]}" PERFTRAMP_PERF=/opt/hostperf/bin/perf sh -c "cd $sid_src && \
-                exec $venv/bin/python -m pytest -q -p no:cacheprovider -m perf --junitxml=$xml \
-                -o junit_family=xunit2 $* tests"
-            code=$?
-            set -e
-            cp "$sid_src/$xml" "$root/target/pytest/" 2>/dev/null || true
-            regr_passed=0 regr_failed=0
-            if [ "${PERFTRAMP_NO_REGRTEST:-0}" != 1 ]; then
-                echo "-- CPython regression tests with and without perftramp ($tag)"
-                if in_sid "$venv/bin/python" "$sid_src/scripts/cpython_regrtest.py" --quick; then
-                    regr_passed=1
-                else
-                    echo "test.sh: CPython's regression tests differ with perftramp on $tag" >&2
-                    regr_failed=1
-                fi
-            fi
-            sid_account "$tag, perf $host_perf" "$sid_src/$xml" "$code" "$regr_passed" "$regr_failed"
-            tier "CPython $tag (perf $sid_perf, perf $host_perf)"
-        done
-        # The Rust unit tests again, built for the newest sid interpreter (its Py_3_14+ code).
-        newest=${SID_PYTHONS:-3.14 3.15}; newest=${newest##* }
-        echo "== Rust unit tests (cargo test, linked against sid's python$newest)"
-        log="$root/target/cargo-test-sid.log"
-        in_sid sh -c "cd $sid_src && PYO3_PYTHON=python$newest \
-            CARGO_TARGET_DIR=$ci_tmp-cargotest-$newest cargo test --quiet" 2>&1 | tee "$log" || true
-        sid_rust=$(grep -E '^test result:' "$log" || true)
-        sid_rust_passed=$(awk '/^test result:/ {s += $4} END {print s+0}' <<<"$sid_rust")
-        sid_rust_failed=$(awk '/^test result:/ {s += $6} END {print s+0}' <<<"$sid_rust")
-        if [ -z "$sid_rust" ] || grep -q 'error\[\|could not compile' "$log"; then
-            echo "test.sh: cargo test did not run for python$newest" >&2; sid_rust_failed=$((sid_rust_failed + 1))
-        fi
-        total_passed=$((total_passed + sid_rust_passed)); total_failed=$((total_failed + sid_rust_failed))
-        report+=("rust (python$newest, sid): $sid_rust_passed passed, $sid_rust_failed failed")
-        tier "rust unit tests (sid python$newest)"
+        echo "test.sh: the chroot tiers did not finish (exit $chroot_code)" >&2
+        total_failed=$((total_failed + 1)); report+=("chroot tiers: DID NOT FINISH (exit $chroot_code)")
     fi
-fi
-
-# --- Debug builds (opt-in, nightly-sized: PERFTRAMP_DBG=1): the suite on python3.14-dbg and
-# python3.15-dbg (assertions and reference-count checks on) in the sid chroot, as a stress run.
-if [ "${PERFTRAMP_DBG:-0}" = 1 ] && [ "${PERFTRAMP_NO_SID:-0}" != 1 ] && [ -d "${sid_src:-}" ]; then
-    # The -dbg packages also carry the debug symbols of the release interpreters: they are removed
-    # again afterwards, so that the next run's release tiers see the stripped interpreters a fresh
-    # chroot has (a test once passed only because this tier had left the symbols behind).
-    dbg_installed=()
-    for v in ${SID_PYTHONS:-3.14 3.15}; do
-        if ! in_sid dpkg -s "python$v-dbg" >/dev/null 2>&1; then
-            in_sid env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "python$v-dbg" >/dev/null
-            dbg_installed+=("python$v-dbg")
-        fi
-        venv=/opt/venvs/perftramp-ci-dbg-py$v
-        tag="$v-dbg"
-        echo "== CPython $tag (sid chroot, python${v}d, $venv)"
-        [ -x "$sid_root$venv/bin/python" ] || in_sid "python${v}d" -m venv "$venv"
-        in_sid "$venv/bin/python" -m pip install -q pytest flake8
-        if ! in_sid env CARGO_TARGET_DIR="$ci_tmp-target-dbg-$v" "$venv/bin/python" -m pip \
-                install -q --force-reinstall --no-deps "$sid_src"; then
-            total_failed=$((total_failed + 1)); report+=("$tag: BUILD FAILED"); continue
-        fi
-        xml="target/pytest/$tag.xml"
-        set +e
-        in_sid env PERFTRAMP_SKIP_ONCE=1 PERFTRAMP_REQUIRE_PERF=1 \
-            PERFTRAMP_JITDUMP_FOLLOWER="$sid_src/target/jitdump_follow" sh -c "cd $sid_src && \
-            exec $venv/bin/python -m pytest -q -p no:cacheprovider --junitxml=$xml -o junit_family=xunit2 $* tests"
-        code=$?
-        set -e
-        sid_account "$tag, perf $sid_perf" "$sid_src/$xml" "$code"
-        tier "CPython $tag"
-    done
-    if [ "${#dbg_installed[@]}" -gt 0 ]; then
-        in_sid env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q "${dbg_installed[@]}" >/dev/null
-        in_sid env DEBIAN_FRONTEND=noninteractive apt-get autoremove -y -q --purge >/dev/null
-    fi
-fi
-
-# --- aarch64: the extension cross-built, its tests run with an arm64 CPython under qemu -----------
-if [ "${PERFTRAMP_NO_AARCH64:-0}" != 1 ]; then
-    echo "== aarch64 tier (scripts/aarch64-tier.sh: arm64 CPython 3.14 under qemu-user, no perf)"
-    set +e
-    bash scripts/aarch64-tier.sh "$root/target/dist-aarch64" 2>&1 | tee "$root/target/aarch64-tier.log"
-    code=${PIPESTATUS[0]}
-    set -e
-    line=$(grep -E '^aarch64: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped' "$root/target/aarch64-tier.log" | tail -n1)
-    read -r arm_passed arm_failed arm_skipped < <(awk '{print $2, $4, $6}' <<<"${line:-aarch64: 0 passed, 0 failed, 0 skipped}")
-    if [ "$code" -ne 0 ] && [ "${arm_failed:-0}" -eq 0 ]; then arm_failed=1; fi
-    if [ -z "$line" ] || [ "${arm_passed:-0}" -eq 0 ]; then
-        echo "test.sh: the aarch64 tier ran no test (exit $code)" >&2; arm_failed=$((arm_failed + 1))
-    fi
-    total_passed=$((total_passed + arm_passed)); total_failed=$((total_failed + arm_failed))
-    total_skipped=$((total_skipped + arm_skipped))
-    report+=("aarch64 (qemu, 3.14): $arm_passed passed, $arm_failed failed, $arm_skipped skipped")
-    tier "aarch64 (qemu)"
 fi
 
 echo
