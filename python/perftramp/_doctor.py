@@ -214,6 +214,16 @@ def run_doctor(python: Optional[str]) -> int:
                         "or --privileged)")
             checks.append(Check("perf record", "FAIL", f"perf cannot record here:\n{why_fp}", fix))
 
+    if perf is not None and (record_fp or record_dwarf):
+        zstd = _perf.compression(perf)
+        checks.append(Check(
+            "compression", "ok" if zstd.works else "info",
+            "perf record -z (zstd) works: record writes compressed recordings (10x smaller or "
+            "more with dwarf stacks; jit mode excepted)" if zstd.works else
+            f"perf record -z does not work here ({zstd.why}): recordings are uncompressed, about "
+            f"16 MB per second per busy process with dwarf stacks",
+            None if zstd.works else "a perf built with zstd (Debian's linux-perf is)"))
+
     full: List[str] = []
     if fp and record_fp:
         full.append("map mode (--call-graph fp)")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from . import _folding as fold
+from . import _perf
 from . import _perfscript as ps
 from . import _rawstacks as raw
 
@@ -212,6 +213,11 @@ def inject(perf: str, data: Path, out: Path, dumps: Sequence[Path]) -> int:
         raise CliError(f"perf inject --jit failed (exit {proc.returncode}):\n{_tail(stderr.read())}")
     os.replace(tmp, out)
     say(f"perf inject --jit: {written:,} jitted files in {progress.elapsed:.1f} s -> {out}")
+    if written == 0 and _perf.is_compressed(data):
+        say(f"warning: {data} was recorded compressed (perf record -z), and perf inject --jit "
+            f"copies compressed records without opening them: it found no jitdump to inject, so "
+            f"no Python frame can be named. Record jit mode without -z (record does), or use elf "
+            f"mode")
     return written
 
 

@@ -1,6 +1,7 @@
 """perftramp's command line: from a Python program to a flamegraph of its Python functions.
 
-    python -m perftramp record [-o DIR] [--mode auto|map|jit|elf] [-F HZ] [--force] -- CMD [ARGS...]
+    python -m perftramp record [-o DIR] [--mode auto|map|jit|elf] [-F HZ] [--force] [--no-compress]
+                              -- CMD [ARGS...]
     python -m perftramp record --pid PID [--duration S] [-o DIR]
     python -m perftramp toggle PID [--signal USR2]
     python -m perftramp report DIR [--native all] [--format pprof|speedscope|gecko [-o FILE]]
@@ -56,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "a flamegraph SVG, collapsed stacks and a table of the costliest Python "
                     "functions into DIR. With --pid: turn perftramp on in a live process started "
                     "with PERFTRAMP_SIGNAL=USR2, record it for --duration seconds, turn it off.",
-        usage="%(prog)s [-o DIR] [--mode {auto,map,jit,elf}] [-F HZ] [--force] -- CMD [ARGS...]\n"
-              "       %(prog)s --pid PID [--duration S] [-o DIR] [--force]")
+        usage="%(prog)s [-o DIR] [--mode {auto,map,jit,elf}] [-F HZ] [--force] [--no-compress] "
+              "-- CMD [ARGS...]\n"
+              "       %(prog)s --pid PID [--duration S] [-o DIR] [--force] [--no-compress]")
     record.add_argument("-o", "--output", type=Path, metavar="DIR",
                         help="output directory (default: ./perftramp-<date>-<time>)")
     record.add_argument("--mode", choices=("auto", "map", "jit", "elf"), default="auto",
@@ -75,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--keep-tmp", action="store_true",
                         help="with --pid: leave the jitted-*.so files perf inject writes next to "
                              "the process's jitdump (default: moved into DIR/jit)")
+    record.add_argument("--no-compress", dest="compress", action="store_false",
+                        help="write perf.data uncompressed (default: compressed with zstd, perf "
+                             "record -z, where this perf supports it; jit mode never is: perf "
+                             "inject --jit cannot read compressed recordings)")
     _report_options(record)
     record.add_argument("--perf-args", default="", metavar="ARGS",
                         help="extra perf record options, e.g. --perf-args='-m 64'")
@@ -158,7 +164,7 @@ def cmd_record(opts: argparse.Namespace, command: List[str]) -> int:
                                 force=opts.force, frequency=opts.frequency,
                                 requested_signal=opts.signal, top=opts.top, inline=opts.inline,
                                 perf_args=perf_args, all_frames=opts.native == "all",
-                                keep_tmp=opts.keep_tmp)
+                                keep_tmp=opts.keep_tmp, compress=opts.compress)
     if opts.keep_tmp:
         raise CliError("--keep-tmp applies to --pid only (a command's files go to DIR/jit)", 2)
     if not command:
@@ -168,7 +174,7 @@ def cmd_record(opts: argparse.Namespace, command: List[str]) -> int:
     return _record.record_command(perf, command, output=output, mode=opts.mode,
                                   frequency=opts.frequency, force=opts.force, top=opts.top,
                                   inline=opts.inline, perf_args=perf_args,
-                                  all_frames=opts.native == "all")
+                                  all_frames=opts.native == "all", compress=opts.compress)
 
 
 def cmd_report(opts: argparse.Namespace) -> int:
