@@ -21,10 +21,11 @@ from ._perf import jit_capable, perf_version  # noqa: F401 (doctor's public help
 
 SUPPORTED_ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
-FP_FIX = ("use jit mode, which needs no frame pointers (record --mode jit; the default when "
-          "there are none), or an interpreter built with them: CPython 3.15+ builds them by "
-          "default; with pyenv: PYTHON_CFLAGS='-fno-omit-frame-pointer "
-          "-mno-omit-leaf-frame-pointer' pyenv install 3.13; from source: ./configure "
+FP_FIX = ("use elf mode, which needs no frame pointers (record's default when there are none; "
+          "jit mode needs none either: record --mode jit), or, for map mode, an interpreter "
+          "built with them: CPython 3.15+ builds them by default; with pyenv: "
+          "PYTHON_CFLAGS='-fno-omit-frame-pointer -mno-omit-leaf-frame-pointer' pyenv install "
+          "3.13; from source: ./configure "
           "CFLAGS='-fno-omit-frame-pointer -mno-omit-leaf-frame-pointer' (README: \"Use\")")
 
 #: Run by the interpreter being checked (it may not be this one): what doctor needs to know.

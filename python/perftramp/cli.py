@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Profile Python programs with Linux perf, Python functions named "
                     "py::<qualname>:<file>, native and kernel frames kept.")
     from . import __version__
+    from ._record import DEFAULT_HZ
+
     parser.add_argument("--version", action="version", version=f"perftramp {__version__}")
     sub = parser.add_subparsers(dest="subcommand", metavar="{record,report,toggle,doctor}")
     sub.required = True
@@ -56,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(through PERFTRAMP/PERFTRAMP_DIR, read by perftramp's start hook), then write "
                     "a flamegraph SVG, collapsed stacks and a table of the costliest Python "
                     "functions into DIR. With --pid: turn perftramp on in a live process started "
-                    "with PERFTRAMP_SIGNAL=USR2, record it for --duration seconds, turn it off.",
+                    "with PERFTRAMP_SIGNAL=USR2 (or, on CPython 3.14+, in any process, through "
+                    "sys.remote_exec), record it for --duration seconds, turn it off.",
         usage="%(prog)s [-o DIR] [--mode {auto,map,jit,elf}] [-F HZ] [--force] [--no-compress] "
               "-- CMD [ARGS...]\n"
               "       %(prog)s --pid PID [--duration S] [-o DIR] [--force] [--no-compress]")
@@ -66,9 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto (default): map + frame pointers when CMD's Python has them, "
                              "else elf + dwarf; map; jit (dwarf + perf inject); elf")
     record.add_argument("-F", "--frequency", type=_positive_int, metavar="HZ",
-                        help="samples per second (default 999 with fp stacks, 499 with dwarf)")
+                        help=f"samples per second (default {DEFAULT_HZ['fp']} with fp stacks, "
+                             f"{DEFAULT_HZ['dwarf']} with dwarf: each dwarf sample copies 64 KiB "
+                             f"of stack)")
     record.add_argument("--force", action="store_true", help="replace the recording in an existing DIR")
-    record.add_argument("--pid", type=_positive_int, help="record this live process instead of a command")
+    record.add_argument("--pid", type=_positive_int,
+                        help="record this live process instead of a command: one started with "
+                             "PERFTRAMP_SIGNAL=USR2 (or calling perftramp.install_signal_toggle()), "
+                             "or, on CPython 3.14+, any process without preparation (perftramp is "
+                             "turned on and off in it with sys.remote_exec; needs perftramp "
+                             "installed in its Python, and a debugger's rights over it: ptrace)")
     record.add_argument("--duration", type=_positive_float, default=10.0, metavar="S",
                         help="with --pid: seconds to record (default 10; Ctrl-C stops earlier)")
     record.add_argument("--signal", metavar="SIG",
