@@ -420,19 +420,17 @@ def _draw(perf: str, directory: Path, mode: str, *, top: int, inline: bool, stat
     except KeyboardInterrupt:
         raise CliError(f"interrupted; the recording is kept: python -m perftramp report {directory}",
                        130) from None
-    if report.python_samples == 0:
+    unwinding_lost = any(p.lost_in_interpreter for p in report.processes)
+    if report.python_samples == 0 and not unwinding_lost:
         say(_not_enabled_hint(mode, directory, command, pid))
     sys.stdout.write(report.table)
     sys.stdout.flush()
     data = rp.data_file(directory)
-    lost = rp.read_meta(directory).get("lost_chunks")
-    samples = report.samples
-    share = 100.0 * report.python_samples / samples if samples else 0.0
-    say(f"{samples:,} samples; " + (f"perf LOST {lost:,} chunks of samples (see above)"
-                                   if isinstance(lost, int) and lost else "no samples lost")
-        + f"; {share:.0f}% with a Python frame"
-        + (f"; {100.0 * report.cut_short / samples:.0f}% cut short (unwinding stopped early: drawn "
-           f"under [stack cut short])" if report.cut_short and samples else ""))
+    # With no Python frame anywhere, the hint above says perftramp was not on (for the whole
+    # recording): the summary does not say it again per process.
+    for line in rp.summary_lines(report, rp.read_meta(directory),
+                                 say_not_on=report.python_samples > 0 or unwinding_lost):
+        say(line)
     size = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
     say("wrote " + ", ".join(str(p) for p in data_written + report.written)
         + f" ({directory}: {size / 1e6:,.1f} MB in all)")

@@ -211,6 +211,8 @@ def cmd_report(opts: argparse.Namespace) -> int:
         raise CliError("interrupted", 130) from None
     sys.stdout.write(report.table)
     sys.stdout.flush()
+    for line in _report.summary_lines(report, _report.read_meta(directory)):
+        _report.say(line)
     _report.say("wrote " + ", ".join(str(p) for p in report.written))
     return 0
 
