@@ -9,6 +9,10 @@
 # Usage: scripts/build-fp-python.sh [3.13|3.14]
 # Prints the path of the built interpreter on stdout (last line). Cached under
 # ${PERFTRAMP_CACHE:-$HOME/.cache/perftramp}/python<ver>-fp; a second run is instant.
+#
+# Settings (environment):
+#   MIRROR=<url>   the Debian mirror for the sid source entry, when apt has none for sid
+#                  (default: the first Debian mirror this host's apt uses, as in sid-chroot.sh)
 set -euo pipefail
 
 series="${1:-3.13}"
@@ -24,13 +28,35 @@ fi
 
 need_root() { if [ "$(id -u)" != 0 ]; then log "need root to install build dependencies: $*"; exit 1; fi; }
 
+# The first mirror URI in these apt source files (deb822 `URIs:` or one-line `deb [opts] URI`),
+# skipping security archives (they carry no sid): the mirror this host is configured to reach
+# (a local mirror, a proxy, a snapshot), where deb.debian.org itself may be unreachable.
+apt_mirror() {
+    cat "$@" 2>/dev/null | awk '
+        /^[ \t]*URIs:/ || /^[ \t]*deb(-src)?[ \t]/ {
+            for (i = 2; i <= NF; i++)
+                if ($i ~ /^[a-z+]+:\/\// && $i !~ /security/) { print $i; exit }
+        }'
+}
+
 # Debian's source list for sid (deb-src only: we take sources, never binaries, from sid).
 src_list=/etc/apt/sources.list.d/perftramp-sid-src.sources
 if ! apt-cache showsrc "python${series}" 2>/dev/null | grep -q "^Package: python${series}"; then
     need_root "sid deb-src entry"
-    cat > "$src_list" <<'SRC'
+    if [ -z "${MIRROR:-}" ]; then
+        shopt -s nullglob
+        sources=()
+        for f in /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list /etc/apt/sources.list; do
+            [ "$f" = "$src_list" ] || [ ! -f "$f" ] || sources+=("$f")
+        done
+        shopt -u nullglob
+        MIRROR=$([ "${#sources[@]}" -eq 0 ] || apt_mirror "${sources[@]}")
+    fi
+    [ -n "${MIRROR:-}" ] || { log "no Debian mirror found in this host's apt sources (/etc/apt/sources.list.d/, /etc/apt/sources.list): set MIRROR=<url of a Debian mirror>, e.g. MIRROR=http://deb.debian.org/debian"; exit 1; }
+    log "sid deb-src entry in $src_list, from the mirror $MIRROR"
+    cat > "$src_list" <<SRC
 Types: deb-src
-URIs: http://deb.debian.org/debian
+URIs: $MIRROR
 Suites: sid trixie
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg

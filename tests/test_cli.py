@@ -397,7 +397,29 @@ def test_doctor_reports_this_machine(perf):
         # The fix names what an installed user can run, nothing from a source checkout.
         assert "PYTHON_CFLAGS='-fno-omit-frame-pointer" in out and "scripts/" not in out
         assert "will use elf mode" in out
+        # The fix's default mode is the one record uses (it said jit while record used elf).
+        fix = re.search(r"fix: use (\w+) mode, which needs no frame pointers \(record's default", out)
+        assert fix and fix.group(1) == "elf", out
     assert "recording will work" in out
+
+
+@pytest.mark.once
+def test_record_help_says_what_the_code_does():
+    from perftramp import _record
+
+    proc = cli("record", "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    # The default rates record uses (dwarf is 249 Hz, not 499: see _record.DEFAULT_HZ).
+    assert (f"default {_record.DEFAULT_HZ['fp']} with fp stacks, {_record.DEFAULT_HZ['dwarf']} "
+            f"with dwarf") in text, text
+    assert _record.DEFAULT_HZ["dwarf"] == _record.DEFAULT_HZ["elf"] == _record.DEFAULT_HZ["jit"]
+    # --pid: 3.14+ processes need no preparation (sys.remote_exec, _remote.py).
+    start = text.index("--pid PID record")
+    pid_help = text[start:text.index("--duration S", start)]
+    assert "CPython 3.14+" in pid_help and "sys.remote_exec" in pid_help, pid_help
+    assert "PERFTRAMP_SIGNAL=USR2" in pid_help, pid_help
+    assert "--no-compress" in text
 
 
 PERF_7_OPTIONS = """perf version 7.2.13

@@ -21,10 +21,11 @@ from ._perf import jit_capable, perf_version  # noqa: F401 (doctor's public help
 
 SUPPORTED_ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
-FP_FIX = ("use jit mode, which needs no frame pointers (record --mode jit; the default when "
-          "there are none), or an interpreter built with them: CPython 3.15+ builds them by "
-          "default; with pyenv: PYTHON_CFLAGS='-fno-omit-frame-pointer "
-          "-mno-omit-leaf-frame-pointer' pyenv install 3.13; from source: ./configure "
+FP_FIX = ("use elf mode, which needs no frame pointers (record's default when there are none; "
+          "jit mode needs none either: record --mode jit), or, for map mode, an interpreter "
+          "built with them: CPython 3.15+ builds them by default; with pyenv: "
+          "PYTHON_CFLAGS='-fno-omit-frame-pointer -mno-omit-leaf-frame-pointer' pyenv install "
+          "3.13; from source: ./configure "
           "CFLAGS='-fno-omit-frame-pointer -mno-omit-leaf-frame-pointer' (README: \"Use\")")
 
 #: Run by the interpreter being checked (it may not be this one): what doctor needs to know.
@@ -213,6 +214,16 @@ def run_doctor(python: Optional[str]) -> int:
                 fix += ("; in a container, allow perf_event_open (docker run --cap-add PERFMON "
                         "or --privileged)")
             checks.append(Check("perf record", "FAIL", f"perf cannot record here:\n{why_fp}", fix))
+
+    if perf is not None and (record_fp or record_dwarf):
+        zstd = _perf.compression(perf)
+        checks.append(Check(
+            "compression", "ok" if zstd.works else "info",
+            "perf record -z (zstd) works: record writes compressed recordings (10x smaller or "
+            "more with dwarf stacks; jit mode excepted)" if zstd.works else
+            f"perf record -z does not work here ({zstd.why}): recordings are uncompressed, about "
+            f"16 MB per second per busy process with dwarf stacks",
+            None if zstd.works else "a perf built with zstd (Debian's linux-perf is)"))
 
     full: List[str] = []
     if fp and record_fp:

@@ -305,3 +305,99 @@ def collapsed_lines(stacks: Iterable[ViewStack]) -> Tuple[Dict[str, int], Dict[s
         key = ";".join(frame.label.replace(";", ":") for frame in frames)
         counts[key] = counts.get(key, 0) + stack.count
     return counts, kinds, details
+
+
+# --- per process ---------------------------------------------------------------------------------
+
+#: Below this many samples a process's shares say little: no warning names it.
+MIN_SAMPLES_TO_JUDGE = 10
+
+#: The interpreter starting or finishing (before perftramp's start hook has run, or after the
+#: program): no Python frame is expected there, whether perftramp is on or not.
+_START_OR_EXIT = re.compile(
+    r"^(?:Py_Initialize\w*|_Py_InitializeMain|pymain_init|pyinit_\w+|init_interp_main"
+    r"|Py_FinalizeEx|_?Py_Finalize|finalize_\w+|Py_Exit|pymain_free|_PyRuntime_Finalize"
+    r"|Py_EndInterpreter)$")
+
+
+@dataclass
+class ProcessStats:
+    """What the recording holds for one process (the summary of record and report)."""
+
+    pid: int
+    #: Its most frequent command name (perf's comm, 15 characters at most).
+    comm: str
+    samples: int = 0
+    #: Samples with at least one Python frame.
+    python: int = 0
+    #: Samples whose unwinding stopped early (drawn under [stack cut short]).
+    cut_short: int = 0
+    #: Samples that stop inside the interpreter: interpreter frames but no Python frame, cut
+    #: short (perf's unwinding stopped there) or complete (perftramp not on); complete ones of
+    #: the interpreter starting or exiting are not counted (no Python frame is expected there),
+    #: nor samples cut short below named Python frames (their functions show).
+    in_interpreter: int = 0
+    #: Of those, the ones cut short.
+    in_interpreter_cut: int = 0
+    #: Whether its interpreter frames are in a shared libpython (libpython3.X.so).
+    shared_libpython: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"pid {self.pid} ({self.comm})" if self.pid >= 0 else self.comm
+
+    @property
+    def stops_in_interpreter(self) -> bool:
+        """Most of its samples stop inside the interpreter: its Python functions are missing."""
+        return self.samples >= MIN_SAMPLES_TO_JUDGE and 2 * self.in_interpreter > self.samples
+
+    @property
+    def unwinding_stopped(self) -> bool:
+        """Of its samples that stop inside the interpreter, most were cut short (perf lost the
+        stack) rather than complete without a Python frame."""
+        return 2 * self.in_interpreter_cut >= self.in_interpreter
+
+    @property
+    def lost_in_interpreter(self) -> bool:
+        """perf's unwinding stopped inside the interpreter in most of its samples."""
+        return self.stops_in_interpreter and self.unwinding_stopped
+
+    @property
+    def perftramp_off(self) -> bool:
+        """Its stacks run the interpreter, complete, and never name a Python function: perftramp
+        was not on in it (with perftramp on, some samples are named)."""
+        return self.stops_in_interpreter and not self.unwinding_stopped and self.python == 0
+
+
+def process_stats(stacks: RawStacks) -> List[ProcessStats]:
+    """Per process (by pid; by name for recordings without pids), most samples first."""
+    found: Dict[Tuple[int, str], ProcessStats] = {}
+    comms: Dict[Tuple[int, str], Dict[str, int]] = {}
+    for (comm, pid, frames), count in stacks.items():
+        key = (pid, "" if pid >= 0 else comm)
+        stats = found.get(key)
+        if stats is None:
+            stats = found[key] = ProcessStats(pid, comm)
+        names = comms.setdefault(key, {})
+        names[comm] = names.get(comm, 0) + count
+        stats.samples += count
+        kinds = [frame_kind(symbol, dso) for symbol, dso in frames]
+        complete = is_complete(frames)
+        python = PYTHON in kinds
+        if python:
+            stats.python += count
+        if not complete:
+            stats.cut_short += count
+        interpreter = [dso for (_, dso), kind in zip(frames, kinds) if kind == INTERPRETER]
+        if any(dso.rsplit("/", 1)[-1].startswith("libpython") for dso in interpreter):
+            stats.shared_libpython = True
+        if interpreter and not python:
+            if not complete:
+                stats.in_interpreter += count
+                stats.in_interpreter_cut += count
+            elif not any(_START_OR_EXIT.match(base_symbol(symbol)) for symbol, _ in frames):
+                stats.in_interpreter += count
+    for key, stats in found.items():
+        names = comms[key]
+        stats.comm = max(names, key=lambda name: (names[name], name))
+    return sorted(found.values(), key=lambda s: (-s.samples, s.pid, s.comm))

@@ -127,6 +127,78 @@ class PerfInfo:
 
 _CACHE: Dict[str, PerfInfo] = {}
 
+#: What `record` passes perf to compress its recordings (zstd, level 1: perf's fastest). A DWARF
+#: sample is a 64 KiB copy of the stack, mostly the same bytes from one sample to the next.
+COMPRESS = ["-z"]
+
+
+@dataclass(frozen=True)
+class Compression:
+    """Whether `perf record -z` works with a perf binary, and if not, why (for one line)."""
+
+    works: bool
+    why: str = ""
+
+
+_COMPRESSION: Dict[str, Compression] = {}
+
+#: perf.data's header: magic, its size, attr size, three sections (attrs, data, event types),
+#: then the bitmap of the feature sections it has (tools/perf/util/header.h).
+_FEATURES_AT = 8 + 8 + 8 + 3 * 16
+#: HEADER_COMPRESSED, the feature `perf record -z` adds (tools/perf/util/header.h).
+HEADER_COMPRESSED = 27
+
+
+def is_compressed(data: Path) -> bool:
+    """Whether a perf.data file was recorded compressed (`perf record -z`): its header's feature
+    bitmap has HEADER_COMPRESSED. False for what is not a perf.data file in file format."""
+    try:
+        with open(data, "rb") as file:
+            header = file.read(_FEATURES_AT + 32)
+    except OSError:
+        return False
+    if len(header) < _FEATURES_AT + 32 or header[:8] != b"PERFILE2":
+        return False
+    features = int.from_bytes(header[_FEATURES_AT:_FEATURES_AT + 32], "little")
+    return bool(features >> HEADER_COMPRESSED & 1)
+
+
+def compression(perf: str) -> Compression:
+    """Whether this perf compresses recordings (`perf record -z`, zstd), asked once per process.
+
+    A perf built without zstd has no `-z` option at all (it stops at "unknown switch `z'"). Its
+    `perf version --build-options` says so (`zstd: [ on ]` is HAVE_ZSTD_SUPPORT, which is what
+    adds -z); a perf that does not list its build options is asked with a trial recording of
+    `true` (about 0.2 s; perf's bpf side-band thread, which makes any recording take a second,
+    is left out)."""
+    if perf not in _COMPRESSION:
+        _COMPRESSION[perf] = _probe_compression(perf)
+    return _COMPRESSION[perf]
+
+
+def _probe_compression(perf: str) -> Compression:
+    options = build_options(perf)
+    if "zstd" in options:
+        return Compression(True) if options["zstd"] else Compression(
+            False, "built without zstd: `perf version --build-options` says zstd OFF")
+    with tempfile.TemporaryDirectory(prefix="perftramp-zstd-") as tmp:
+        data = os.path.join(tmp, "perf.data")
+        try:
+            proc = subprocess.run([perf, "record", *COMPRESS, "--no-bpf-event", "-o", data, "--",
+                                   "true"], capture_output=True, text=True, timeout=60,
+                                  stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            return Compression(False, f"`perf record -z` did not run: {err}")
+        if proc.returncode == 0 and os.path.isfile(data):
+            return Compression(True)
+        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+        about_z = [line for line in lines if re.search(r"\bz\b|compress|zstd", line, re.I)]
+        if not about_z:
+            # perf cannot record here at all (permissions, a container): not compression's
+            # fault; the recording itself fails and explains that.
+            return Compression(True)
+        return Compression(False, f"`perf record -z` failed: {about_z[0]}")
+
 
 def inspect(perf: str) -> PerfInfo:
     """What `perf` is (asked once per process)."""

@@ -64,6 +64,33 @@ def ring_buffer_args(unwind: str, perf_args: Sequence[str]) -> List[str]:
     return list(RING_BUFFER)
 
 
+#: Why jit mode records uncompressed (measured with perf 6.1; perf 7.2's builtin-inject.c passes
+#: compressed records through the same way).
+JIT_UNCOMPRESSED = ("jit mode records uncompressed: perf inject --jit copies compressed (-z) "
+                    "records without opening them, so it would miss the jitdump each process maps "
+                    "and name no Python frame (elf mode gives the same full stacks, compressed: "
+                    "--mode elf, or PERFTRAMP_MODE=elf for a live process)")
+
+
+def compress_args(perf: str, compress: bool, *, unwind: str, inject: bool,
+                  perf_args: Sequence[str]) -> List[str]:
+    """`-z` (zstd) when wanted and this perf can, unless the user chose a compression level in
+    --perf-args; where perf cannot, or the recording goes through perf inject --jit (`inject`),
+    one line saying so."""
+    if not compress or any(a.startswith(("-z", "--compression-level")) for a in perf_args):
+        return []
+    if inject:
+        say(JIT_UNCOMPRESSED)
+        return []
+    found = _perf.compression(perf)
+    if found.works:
+        return list(_perf.COMPRESS)
+    size = " (dwarf stacks: about 16 MB per second per busy process)" if unwind != "fp" else ""
+    say(f"{perf} cannot compress recordings ({found.why}): recording uncompressed{size}. A perf "
+        f"built with zstd makes them 10x smaller or more; --no-compress skips this check")
+    return []
+
+
 def clean_env() -> Dict[str, str]:
     """This environment without perftramp's start-up variables (for probing interpreters)."""
     return {k: v for k, v in os.environ.items() if not k.startswith("PERFTRAMP")}
@@ -323,7 +350,7 @@ def run_perf(command: Sequence[str], env: Dict[str, str], *,
 
 def record_command(perf: str, command: List[str], *, output: Path, mode: str, frequency: Optional[int],
                    force: bool, top: int, inline: bool, perf_args: List[str],
-                   all_frames: bool = False) -> int:
+                   all_frames: bool = False, compress: bool = True) -> int:
     if not command:
         raise CliError("record needs a command to run: python -m perftramp record -- python app.py", 2)
     executable = resolve_command(command[0])
@@ -347,9 +374,12 @@ def record_command(perf: str, command: List[str], *, output: Path, mode: str, fr
     else:
         env.pop("PERFTRAMP_DIR", None)
     data = directory / rp.PERF_DATA
-    perf_command = [perf, "record", "-F", str(plan.frequency), *CALL_GRAPH[plan.unwind],
-                    *ring_buffer_args(plan.unwind, perf_args), *perf_args, "-o", str(data), "--", *command]
     say(f"{plan.reason}")
+    compression = compress_args(perf, compress, unwind=plan.unwind, inject=plan.mode == "jit",
+                                perf_args=perf_args)
+    perf_command = [perf, "record", "-F", str(plan.frequency), *CALL_GRAPH[plan.unwind],
+                    *ring_buffer_args(plan.unwind, perf_args), *compression, *perf_args,
+                    "-o", str(data), "--", *command]
     say(f"running: PERFTRAMP={plan.mode}"
         + (f" PERFTRAMP_DIR={env['PERFTRAMP_DIR']}" if plan.mode in ("jit", "elf") else "")
         + " " + " ".join(perf_command))
@@ -390,19 +420,17 @@ def _draw(perf: str, directory: Path, mode: str, *, top: int, inline: bool, stat
     except KeyboardInterrupt:
         raise CliError(f"interrupted; the recording is kept: python -m perftramp report {directory}",
                        130) from None
-    if report.python_samples == 0:
+    unwinding_lost = any(p.lost_in_interpreter for p in report.processes)
+    if report.python_samples == 0 and not unwinding_lost:
         say(_not_enabled_hint(mode, directory, command, pid))
     sys.stdout.write(report.table)
     sys.stdout.flush()
     data = rp.data_file(directory)
-    lost = rp.read_meta(directory).get("lost_chunks")
-    samples = report.samples
-    share = 100.0 * report.python_samples / samples if samples else 0.0
-    say(f"{samples:,} samples; " + (f"perf LOST {lost:,} chunks of samples (see above)"
-                                   if isinstance(lost, int) and lost else "no samples lost")
-        + f"; {share:.0f}% with a Python frame"
-        + (f"; {100.0 * report.cut_short / samples:.0f}% cut short (unwinding stopped early: drawn "
-           f"under [stack cut short])" if report.cut_short and samples else ""))
+    # With no Python frame anywhere, the hint above says perftramp was not on (for the whole
+    # recording): the summary does not say it again per process.
+    for line in rp.summary_lines(report, rp.read_meta(directory),
+                                 say_not_on=report.python_samples > 0 or unwinding_lost):
+        say(line)
     size = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
     say("wrote " + ", ".join(str(p) for p in data_written + report.written)
         + f" ({directory}: {size / 1e6:,.1f} MB in all)")

@@ -12,11 +12,12 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from . import _folding as fold
+from . import _perf
 from . import _perfscript as ps
 from . import _rawstacks as raw
 
@@ -212,6 +213,11 @@ def inject(perf: str, data: Path, out: Path, dumps: Sequence[Path]) -> int:
         raise CliError(f"perf inject --jit failed (exit {proc.returncode}):\n{_tail(stderr.read())}")
     os.replace(tmp, out)
     say(f"perf inject --jit: {written:,} jitted files in {progress.elapsed:.1f} s -> {out}")
+    if written == 0 and _perf.is_compressed(data):
+        say(f"warning: {data} was recorded compressed (perf record -z), and perf inject --jit "
+            f"copies compressed records without opening them: it found no jitdump to inject, so "
+            f"no Python frame can be named. Record jit mode without -z (record does), or use elf "
+            f"mode")
     return written
 
 
@@ -297,6 +303,8 @@ class Report:
     #: Samples with at least one Python frame.
     python_samples: int
     cut_short: int
+    #: Per process, most samples first.
+    processes: List[fold.ProcessStats] = field(default_factory=list)
 
 
 def top_table(stacks: Sequence[fold.ViewStack], limit: int = 15) -> str:
@@ -537,7 +545,113 @@ def finish(perf: Optional[str], directory: Path, *, rescan: bool, python: Option
     samples = sum(s.count for s in python_view)
     with_python = sum(s.count for s in python_view if any(f.kind == fold.PYTHON for f in s.frames))
     cut = sum(s.count for s in python_view if s.frames and s.frames[0].kind == fold.MARKER)
-    return Report(written, table, counts, samples, with_python, cut)
+    return Report(written, table, counts, samples, with_python, cut, fold.process_stats(stacks))
+
+
+# --- the summary ---------------------------------------------------------------------------------
+
+#: Processes listed one per line in the summary; the others are counted in one line.
+SUMMARY_PROCESSES = 8
+
+
+def summary_lines(report: Report, meta: Dict[str, object], *, limit: int = SUMMARY_PROCESSES,
+                  say_not_on: bool = True) -> List[str]:
+    """What record (after drawing) and report say about a recording: samples, what was lost,
+    the share with a Python frame and cut short, then the same per process when there are
+    several, and a warning naming each process whose stacks stop inside the interpreter
+    (`say_not_on`: also those where perftramp was likely not on)."""
+    samples = report.samples
+    lost = meta.get("lost_chunks")
+    share = 100.0 * report.python_samples / samples if samples else 0.0
+    lines = [f"{samples:,} samples; "
+             + (f"perf LOST {lost:,} chunks of samples (see above)" if isinstance(lost, int) and lost
+                else "no samples lost")
+             + f"; {share:.0f}% with a Python frame"
+             + (f"; {100.0 * report.cut_short / samples:.0f}% cut short (unwinding stopped early: "
+                f"drawn under [stack cut short])" if report.cut_short and samples else "")]
+    processes = [p for p in report.processes if p.samples]
+    if len(processes) > 1:
+        lines.append(f"per process ({len(processes)}, most samples first):")
+        lines.append(f"  {'pid':>8}  {'command':<15}  {'samples':>8}  {'Python':>6}  cut short")
+        for process in processes[:limit]:
+            pid = str(process.pid) if process.pid >= 0 else "?"
+            row = (f"  {pid:>8}  {process.comm[:15]:<15}  {process.samples:>8,}  "
+                   f"{100.0 * process.python / process.samples:>5.0f}%  "
+                   f"{100.0 * process.cut_short / process.samples:>8.0f}%")
+            if process.lost_in_interpreter:
+                row += "  <- stops inside the interpreter"
+            elif process.perftramp_off and say_not_on:
+                row += "  <- no Python frame: perftramp not on?"
+            lines.append(row)
+        rest = processes[limit:]
+        if rest:
+            lines.append(f"  and {len(rest)} more process{'es' if len(rest) > 1 else ''} "
+                         f"({sum(p.samples for p in rest):,} samples)")
+    lines += interpreter_warnings(processes, meta, limit=limit, say_not_on=say_not_on)
+    return lines
+
+
+def _names(processes: Sequence[fold.ProcessStats], limit: int) -> str:
+    shown = [p.label for p in processes[:limit]]
+    if len(processes) > limit:
+        shown.append(f"{len(processes) - limit} more")
+    return ", ".join(shown[:-1]) + " and " + shown[-1] if len(shown) > 1 else shown[0]
+
+
+def interpreter_warnings(processes: Sequence[fold.ProcessStats], meta: Dict[str, object], *,
+                         limit: int = SUMMARY_PROCESSES, say_not_on: bool = True) -> List[str]:
+    """A warning naming the processes whose stacks stop inside the interpreter, with what it
+    likely means and what to try: perf's unwinding stopped there (cut short), or perftramp was
+    not on in them (complete stacks without a Python frame; with `say_not_on` False the caller
+    says that for the whole recording itself)."""
+    import platform
+    import shlex
+
+    lost = [p for p in processes if p.lost_in_interpreter]
+    off = [p for p in processes if p.perftramp_off]
+    lines: List[str] = []
+    if lost:
+        lines.append(f"warning: perf's unwinding stopped inside the interpreter in most samples "
+                     f"of {_names(lost, limit)}: {'their' if len(lost) > 1 else 'its'} Python "
+                     f"functions are missing from the flamegraph and the table")
+        command = meta.get("command")
+        # A live process (record --pid) is restarted by its owner: its command is not ours.
+        shown = (shlex.join(str(c) for c in command) if isinstance(command, list)
+                 and "pid" not in meta else "CMD...")
+        if meta.get("call_graph") == "fp":
+            lines.append("  likely: the interpreter has no frame pointers, which --call-graph fp "
+                         "needs to walk through it")
+            lines.append("  try: elf mode (python -m perftramp record --mode elf -- ...), which "
+                         "unwinds with DWARF and needs no frame pointers")
+        elif any(p.shared_libpython for p in lost):
+            they, run, were, these = (("they", "run", "were", "these") if len(lost) > 1 else
+                                      ("it", "runs", "was", "this one"))
+            lines.append(
+                f"  likely: {they} {run} from a shared libpython and {were} started by exec "
+                f"(multiprocessing spawn or forkserver, subprocess.Popen([sys.executable, ...]), "
+                f"pytest-xdist, uvicorn --workers): perf's DWARF unwinder keeps a shared "
+                f"library's unwind tables at the address where the first process it unwound had "
+                f"it, and address randomization put libpython elsewhere in {these} (forked "
+                f"children inherit their parent's addresses and are not affected)")
+            lines.append(
+                f"  try: recording with address randomization off (python -m perftramp record "
+                f"-- setarch {platform.machine() or '$(uname -m)'} -R {shown}); forked workers "
+                f"(multiprocessing start method 'fork'); or an interpreter with libpython "
+                f"linked in (`ldd <python>` lists no libpython, as for Debian's /usr/bin/python3; "
+                f"sysconfig's Py_ENABLE_SHARED does not tell: Debian's says 1)")
+        else:
+            lines.append("  likely: perf's DWARF unwinder could not walk their interpreter frames "
+                         "(the loss can differ from run to run)")
+            lines.append("  try: recording again; jit mode (record --mode jit); or an interpreter "
+                         "with frame pointers (map mode, --call-graph fp)")
+    if off and say_not_on:
+        lines.append(f"warning: {_names(off, limit)} ran the interpreter without a Python frame "
+                     f"in any sample: perftramp was likely not on in "
+                     f"{'them' if len(off) > 1 else 'it'}")
+        lines.append("  try: install perftramp in the Python those processes run (<that python> "
+                     "-m pip install perftramp), and let PERFTRAMP=... reach them (a program "
+                     "that starts its children with a clean environment drops it)")
+    return lines
 
 
 def _recorded_pids(meta: Dict[str, object]) -> List[int]:

@@ -1,6 +1,7 @@
 """perftramp's command line: from a Python program to a flamegraph of its Python functions.
 
-    python -m perftramp record [-o DIR] [--mode auto|map|jit|elf] [-F HZ] [--force] -- CMD [ARGS...]
+    python -m perftramp record [-o DIR] [--mode auto|map|jit|elf] [-F HZ] [--force] [--no-compress]
+                              -- CMD [ARGS...]
     python -m perftramp record --pid PID [--duration S] [-o DIR]
     python -m perftramp toggle PID [--signal USR2]
     python -m perftramp report DIR [--native all] [--format pprof|speedscope|gecko [-o FILE]]
@@ -45,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Profile Python programs with Linux perf, Python functions named "
                     "py::<qualname>:<file>, native and kernel frames kept.")
     from . import __version__
+    from ._record import DEFAULT_HZ
+
     parser.add_argument("--version", action="version", version=f"perftramp {__version__}")
     sub = parser.add_subparsers(dest="subcommand", metavar="{record,report,toggle,doctor}")
     sub.required = True
@@ -55,18 +58,27 @@ def build_parser() -> argparse.ArgumentParser:
                     "(through PERFTRAMP/PERFTRAMP_DIR, read by perftramp's start hook), then write "
                     "a flamegraph SVG, collapsed stacks and a table of the costliest Python "
                     "functions into DIR. With --pid: turn perftramp on in a live process started "
-                    "with PERFTRAMP_SIGNAL=USR2, record it for --duration seconds, turn it off.",
-        usage="%(prog)s [-o DIR] [--mode {auto,map,jit,elf}] [-F HZ] [--force] -- CMD [ARGS...]\n"
-              "       %(prog)s --pid PID [--duration S] [-o DIR] [--force]")
+                    "with PERFTRAMP_SIGNAL=USR2 (or, on CPython 3.14+, in any process, through "
+                    "sys.remote_exec), record it for --duration seconds, turn it off.",
+        usage="%(prog)s [-o DIR] [--mode {auto,map,jit,elf}] [-F HZ] [--force] [--no-compress] "
+              "-- CMD [ARGS...]\n"
+              "       %(prog)s --pid PID [--duration S] [-o DIR] [--force] [--no-compress]")
     record.add_argument("-o", "--output", type=Path, metavar="DIR",
                         help="output directory (default: ./perftramp-<date>-<time>)")
     record.add_argument("--mode", choices=("auto", "map", "jit", "elf"), default="auto",
                         help="auto (default): map + frame pointers when CMD's Python has them, "
                              "else elf + dwarf; map; jit (dwarf + perf inject); elf")
     record.add_argument("-F", "--frequency", type=_positive_int, metavar="HZ",
-                        help="samples per second (default 999 with fp stacks, 499 with dwarf)")
+                        help=f"samples per second (default {DEFAULT_HZ['fp']} with fp stacks, "
+                             f"{DEFAULT_HZ['dwarf']} with dwarf: each dwarf sample copies 64 KiB "
+                             f"of stack)")
     record.add_argument("--force", action="store_true", help="replace the recording in an existing DIR")
-    record.add_argument("--pid", type=_positive_int, help="record this live process instead of a command")
+    record.add_argument("--pid", type=_positive_int,
+                        help="record this live process instead of a command: one started with "
+                             "PERFTRAMP_SIGNAL=USR2 (or calling perftramp.install_signal_toggle()), "
+                             "or, on CPython 3.14+, any process without preparation (perftramp is "
+                             "turned on and off in it with sys.remote_exec; needs perftramp "
+                             "installed in its Python, and a debugger's rights over it: ptrace)")
     record.add_argument("--duration", type=_positive_float, default=10.0, metavar="S",
                         help="with --pid: seconds to record (default 10; Ctrl-C stops earlier)")
     record.add_argument("--signal", metavar="SIG",
@@ -75,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--keep-tmp", action="store_true",
                         help="with --pid: leave the jitted-*.so files perf inject writes next to "
                              "the process's jitdump (default: moved into DIR/jit)")
+    record.add_argument("--no-compress", dest="compress", action="store_false",
+                        help="write perf.data uncompressed (default: compressed with zstd, perf "
+                             "record -z, where this perf supports it; jit mode never is: perf "
+                             "inject --jit cannot read compressed recordings)")
     _report_options(record)
     record.add_argument("--perf-args", default="", metavar="ARGS",
                         help="extra perf record options, e.g. --perf-args='-m 64'")
@@ -158,7 +174,7 @@ def cmd_record(opts: argparse.Namespace, command: List[str]) -> int:
                                 force=opts.force, frequency=opts.frequency,
                                 requested_signal=opts.signal, top=opts.top, inline=opts.inline,
                                 perf_args=perf_args, all_frames=opts.native == "all",
-                                keep_tmp=opts.keep_tmp)
+                                keep_tmp=opts.keep_tmp, compress=opts.compress)
     if opts.keep_tmp:
         raise CliError("--keep-tmp applies to --pid only (a command's files go to DIR/jit)", 2)
     if not command:
@@ -168,7 +184,7 @@ def cmd_record(opts: argparse.Namespace, command: List[str]) -> int:
     return _record.record_command(perf, command, output=output, mode=opts.mode,
                                   frequency=opts.frequency, force=opts.force, top=opts.top,
                                   inline=opts.inline, perf_args=perf_args,
-                                  all_frames=opts.native == "all")
+                                  all_frames=opts.native == "all", compress=opts.compress)
 
 
 def cmd_report(opts: argparse.Namespace) -> int:
@@ -195,6 +211,8 @@ def cmd_report(opts: argparse.Namespace) -> int:
         raise CliError("interrupted", 130) from None
     sys.stdout.write(report.table)
     sys.stdout.flush()
+    for line in _report.summary_lines(report, _report.read_meta(directory)):
+        _report.say(line)
     _report.say("wrote " + ", ".join(str(p) for p in report.written))
     return 0
 
