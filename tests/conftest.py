@@ -302,6 +302,25 @@ Outer().run(float(sys.argv[1]) if len(sys.argv) > 1 else 1.0)
 """
 
 
+# A server that runs until killed: prints its pid, then calls hot() in a loop (a module's tail:
+# the live tests put their own imports and set-up in front of it).
+HOT_SERVER = """\
+def hot(n):
+    s = 0
+    for i in range(n):
+        s += i * i
+    return s
+
+def serve():
+    while True:
+        hot(20000)
+        time.sleep(0.0005)
+
+print(os.getpid(), flush=True)
+serve()
+"""
+
+
 def py_name(qualname: str, filename: str) -> str:
     """The name perftramp writes. 3.9/3.10 code objects have no qualname: co_name is used."""
     if sys.version_info < (3, 11):

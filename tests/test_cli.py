@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-from conftest import HOT_MIDDLE_OUTER, PERF_ENV, cli, interpreter_has_frame_pointers, py_name
+from conftest import HOT_MIDDLE_OUTER, HOT_SERVER, PERF_ENV, cli, interpreter_has_frame_pointers, py_name
 from perftramp import _perfscript as ps
 
 WORKLOAD = HOT_MIDDLE_OUTER
@@ -29,20 +29,7 @@ import os, sys, time
 import perftramp
 perftramp.install_signal_toggle(directory=sys.argv[1])
 
-def hot(n):
-    s = 0
-    for i in range(n):
-        s += i * i
-    return s
-
-def serve():
-    while True:
-        hot(20000)
-        time.sleep(0.0005)
-
-print(os.getpid(), flush=True)
-serve()
-"""
+""" + HOT_SERVER
 
 
 def no_traceback(proc: subprocess.CompletedProcess) -> None:

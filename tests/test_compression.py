@@ -15,7 +15,7 @@ from typing import List, Tuple
 
 import pytest
 
-from conftest import HOT_MIDDLE_OUTER, PERF_ENV, cli, py_name
+from conftest import HOT_MIDDLE_OUTER, HOT_SERVER, PERF_ENV, cli, py_name
 
 pytestmark = pytest.mark.perf
 
@@ -193,23 +193,7 @@ def test_a_perf_without_zstd_records_uncompressed_and_says_so(perf, workload, tm
     assert "cannot compress" not in quiet.stderr
 
 
-SERVER = """\
-import os, time
-
-def hot(n):
-    s = 0
-    for i in range(n):
-        s += i * i
-    return s
-
-def serve():
-    while True:
-        hot(20000)
-        time.sleep(0.0005)
-
-print(os.getpid(), flush=True)
-serve()
-"""
+SERVER = "import os, time\n\n" + HOT_SERVER
 
 
 @pytest.mark.parametrize("mode", ["elf", "map", "jit"])
