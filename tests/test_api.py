@@ -231,7 +231,7 @@ def test_version_fast_paths_are_verified_and_on():
 @pytest.mark.skipif(sys.version_info < (3, 15), reason="the opt-in exists from CPython 3.15")
 def test_no_specialization_opt_in_under_the_hook():
     """3.15's opt-in to specialize under a custom eval hook (gh-146031) is left off while
-    perftramp's hook is installed (README: How it works), and CPython's default is back after."""
+    perftramp's hook is installed (docs/how-it-works.md), and CPython's default is back after."""
     import ctypes
 
     api = ctypes.pythonapi

@@ -26,7 +26,7 @@ FP_FIX = ("use elf mode, which needs no frame pointers (record's default when th
           "built with them: CPython 3.15+ builds them by default; with pyenv: "
           "PYTHON_CFLAGS='-fno-omit-frame-pointer -mno-omit-leaf-frame-pointer' pyenv install "
           "3.13; from source: ./configure "
-          "CFLAGS='-fno-omit-frame-pointer -mno-omit-leaf-frame-pointer' (README: \"Use\")")
+          "CFLAGS='-fno-omit-frame-pointer -mno-omit-leaf-frame-pointer' (docs/modes.md)")
 
 #: Run by the interpreter being checked (it may not be this one): what doctor needs to know.
 PROBE = r"""

@@ -5,7 +5,7 @@ Between two Python frames perf records how CPython got from one to the other
 This module folds those away and keeps the native frames that are real work.
 
 The rules (built from what perf records on CPython 3.9-3.13 here: tests/test_folding.py and
-README "The Python view"):
+docs/guide.md "Report: the Python view"):
 
 * A frame is *interpreter* when its DSO is the interpreter (`python3.X`, `libpython3.X*.so`) or
   perftramp's extension (its hook frames); a frame in any other DSO is *native* (C extensions,

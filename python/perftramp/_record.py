@@ -33,7 +33,7 @@ FP_CHECK = (
 )
 _PYTHON_NAME = re.compile(r"^python(\d+(\.\d+)*)?[a-z]?$")
 
-#: How each mode is recorded (see the README's table). Map mode on an interpreter without frame
+#: How each mode is recorded (see the table in docs/modes.md). Map mode on an interpreter without frame
 #: pointers: fp unwinding finds no Python frame at all there, dwarf at least the innermost one.
 CALL_GRAPH = {
     "fp": ["-g", "--call-graph", "fp"],
@@ -45,7 +45,7 @@ CALL_GRAPH = {
 #: Default sampling rates. A DWARF sample copies 64 KiB of stack (what deep Python stacks need:
 #: each Python call takes ~1 KiB of C stack), so at 499 Hz two busy cores produce 64 MB/s, more
 #: than perf drains on a 2-core machine: a forking program (black on 170 files) lost 136 chunks.
-#: At 249 Hz with the ring buffer below it lost none (README: "Sampling defaults").
+#: At 249 Hz with the ring buffer below it lost none (docs/guide.md: "Sampling defaults").
 DEFAULT_HZ = {"fp": 999, "dwarf": 249, "jit": 249, "elf": 249}
 #: Where `record` has elf mode put its arena images (inside the output directory).
 ELF_DIR = "elf"
