@@ -16,6 +16,7 @@ import glob
 import os
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import xml.etree.ElementTree as ET
@@ -43,6 +44,22 @@ QUICK = [
 ]
 
 Outcomes = Dict[str, str]
+
+
+def names_test_code(path: str) -> bool:
+    """Whether a perf map that appeared during the runs was written by one of their processes:
+    it names code of this interpreter's standard library (every process started from it runs
+    some: site.py goes on after the start hook enabled perftramp). Other processes may write
+    maps meanwhile (scripts/test.sh runs a stream of tests with other interpreters beside this
+    one), and deleting theirs made perf name none of their samples. Maps that name only frozen
+    modules and `-c` code (3.11+ freezes site.py) cannot be told apart and are left in /tmp
+    (about 70 a run): harmless, perftramp replaces a stale map of a reused pid."""
+    marker = f":{sysconfig.get_paths()['stdlib']}/"
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return any(marker in line for line in f)
+    except OSError:
+        return False
 
 
 def run(tests: List[str], env: Dict[str, str], xml: Path) -> Tuple[Outcomes, float, int]:
@@ -91,7 +108,7 @@ def main() -> int:
         builtin: Outcomes = {}
         if hasattr(sys, "activate_stack_trampoline"):
             builtin, _, _ = run(tests, dict(base_env, PYTHONPERFSUPPORT="1"), Path(tmp, "builtin.xml"))
-    maps = set(glob.glob("/tmp/perf-*.map")) - before
+    maps = {path for path in set(glob.glob("/tmp/perf-*.map")) - before if names_test_code(path)}
     for path in maps:  # the runs' own maps
         os.unlink(path)
 
