@@ -225,13 +225,25 @@ def perf_script(perf: str, data: Path) -> List[Sample]:
     return parse_perf_script(proc.stdout)
 
 
+def ring_buffer(perf_args: List[str]) -> List[str]:
+    """perf's ring buffer as `record` sizes it (16 MiB for DWARF recordings by root). perf's
+    default 512 KiB overflows within a second of DWARF samples when its reader is slow (the CI
+    runs two test streams on 2 cores): the lost records can include the mmap of a process's
+    new trampolines, and then none of its samples is named (seen once: both workers of a fork
+    test at 0%)."""
+    from perftramp._record import ring_buffer_args
+
+    return ring_buffer_args("dwarf" if any("dwarf" in a for a in perf_args) else "fp", perf_args)
+
+
 def perf_record(perf: str, data: Path, command: List[str], *, call_graph: str = "fp",
                 extra: Optional[List[str]] = None, env: Optional[Dict[str, str]] = None,
                 cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, **PERF_ENV)
     full_env.update(env or {})
     proc = subprocess.run(
-        [perf, "record", "-F", "999", "-g", f"--call-graph={call_graph}", *(extra or []),
+        [perf, "record", "-F", "999", "-g", f"--call-graph={call_graph}",
+         *ring_buffer([call_graph, *(extra or [])]), *(extra or []),
          "-o", str(data), "--", *command],
         capture_output=True, text=True, env=full_env, cwd=str(cwd) if cwd else None, timeout=300,
     )

@@ -18,7 +18,7 @@ from typing import Dict, List
 
 import pytest
 
-from conftest import PERF_ENV, interpreter_has_frame_pointers
+from conftest import PERF_ENV, interpreter_has_frame_pointers, ring_buffer
 from perftramp import _perf
 from perftramp._perfscript import iter_stack_samples
 
@@ -122,7 +122,8 @@ def run_scenario(perf: str, tmp_path: Path, mode: str, persist: bool, scenario: 
 def record_scenario(perf: str, tmp_path: Path, mode: str, persist: bool, scenario: str) -> Dict[int, Worker]:
     data = tmp_path / "perf.data"
     proc = subprocess.run(
-        [perf, "record", "-q", "-F", "499", *call_graph(perf, mode), "-o", str(data), "--",
+        [perf, "record", "-q", "-F", "499", *call_graph(perf, mode), *ring_buffer(call_graph(perf, mode)),
+         "-o", str(data), "--",
          sys.executable, str(WORKLOAD), scenario, SECONDS],
         capture_output=True, text=True, env=perf_env(mode, tmp_path, persist), timeout=300)
     assert proc.returncode == 0, f"{proc.stderr}\n{proc.stdout}"
