@@ -12,7 +12,7 @@ import sysconfig
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import pytest
 
@@ -331,6 +331,16 @@ def serve():
 print(os.getpid(), flush=True)
 serve()
 """
+
+
+def table_rows(stdout: str) -> List[Tuple[float, float, str]]:
+    """(self %, total %, function) rows of record's and report's top table."""
+    rows = []
+    for line in stdout.splitlines():
+        match = re.match(r"^\s*([\d.]+)%\s+([\d.]+)%\s+(\S.*)$", line)
+        if match:
+            rows.append((float(match.group(1)), float(match.group(2)), match.group(3)))
+    return rows
 
 
 def py_name(qualname: str, filename: str) -> str:

@@ -14,11 +14,11 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import pytest
 
-from conftest import HOT_MIDDLE_OUTER, HOT_SERVER, PERF_ENV, cli, interpreter_has_frame_pointers, py_name
+from conftest import HOT_MIDDLE_OUTER, HOT_SERVER, table_rows, PERF_ENV, cli, interpreter_has_frame_pointers, py_name
 from perftramp import _perfscript as ps
 
 WORKLOAD = HOT_MIDDLE_OUTER
@@ -95,15 +95,6 @@ def assert_called_by(frames: Dict[str, Tuple[float, int, float]], callee: str, c
     else:
         assert py_ > cy, f"{caller} is not drawn below {callee}"
     assert px <= cx + 1e-6 and cx + cw <= px + pw + 1e-3, f"{callee} is not within {caller}"
-
-
-def table_rows(stdout: str) -> List[Tuple[float, float, str]]:
-    rows = []
-    for line in stdout.splitlines():
-        match = re.match(r"^\s*([\d.]+)%\s+([\d.]+)%\s+(\S.*)$", line)
-        if match:
-            rows.append((float(match.group(1)), float(match.group(2)), match.group(3)))
-    return rows
 
 
 def remove_perf_maps(directory: Path) -> None:

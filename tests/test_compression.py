@@ -11,22 +11,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, Tuple
+from typing import List
 
 import pytest
 
-from conftest import HOT_MIDDLE_OUTER, HOT_SERVER, PERF_ENV, cli, py_name
+from conftest import HOT_MIDDLE_OUTER, HOT_SERVER, table_rows, PERF_ENV, cli, py_name
 
 pytestmark = pytest.mark.perf
-
-
-def table_rows(stdout: str) -> List[Tuple[float, float, str]]:
-    rows = []
-    for line in stdout.splitlines():
-        match = re.match(r"^\s*([\d.]+)%\s+([\d.]+)%\s+(\S.*)$", line)
-        if match:
-            rows.append((float(match.group(1)), float(match.group(2)), match.group(3)))
-    return rows
 
 
 def hot_row(workload: Path, line: int = 3) -> str:
