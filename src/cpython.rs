@@ -290,7 +290,7 @@ pub unsafe fn restore_eval_frame(previous: EvalFrameFn) {
 /// nothing; with any hook, every call re-enters and the usable recursion depth halves (3.12:
 /// about 750 frames whatever the recursion limit; CPython's own `-X perf` has the same flaw).
 /// perftramp refunds those units around calls made through its hook: the C stack itself is
-/// guarded precisely by [`crate::stack_guard`] instead.
+/// guarded precisely by [`crate::runtime::stack_guard`] instead.
 #[cfg(all(Py_3_12, not(Py_3_14)))]
 mod c_recursion {
     /// Offsets in `struct _ts` (Include/cpython/pystate.h of the minor version; public struct,

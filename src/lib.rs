@@ -1,39 +1,20 @@
 //! perftramp's Python module, `perftramp._perftramp`: a thin PyO3 surface over the Rust core.
 //!
-//! Modules, by responsibility:
-//! - [`arch`]: per-architecture stub bytes and unwind description;
-//! - [`arena`]: executable memory (W^X arenas, bump-allocated slots, never unmapped);
-//! - [`cpython`]: the one seam to CPython internals that differ between versions;
-//! - [`hook`]: the eval-frame hook (the hot path);
-//! - [`profiler`]: process-wide state, enable/disable, making trampolines (the cold path);
-//! - [`names`]: `py::<qualname>:<filename>` names made safe for perf's formats;
-//! - [`stack_guard`]: RecursionError instead of a C stack overflow;
-//! - [`sink`]: the one interface every output format implements;
-//! - [`append_file`], [`perf_map`], [`jitdump_file`], [`elf_sink`]: crash-safe output files
-//!   (the perf map, the jitdump, elf mode's per-arena ELF images);
-//! - [`elf_image`]: the pure layout of an elf-mode arena image;
-//! - [`jitdump`], [`unwind`]: pure encoders of jitdump records and their DWARF unwind data.
+//! The layers, each a folder:
+//! - the seams: [`cpython`] (the one place CPython versions differ) and [`arch`] (per-architecture
+//!   stub bytes and unwind description);
+//! - [`runtime`]: what runs inside the profiled process: the eval-frame hook (the hot path), the
+//!   profiler's state, executable arenas, the recursion guard;
+//! - [`sink`]: the one interface every output format implements, and the formats (perf map,
+//!   jitdump, elf-mode arena images) with their pure encoders;
+//! - [`analysis`]: the command line's side, never used by a profiled process: Python bindings
+//!   of drawing and exports (flamegraph, pprof, gecko).
 
-pub mod append_file;
+pub mod analysis;
 pub mod arch;
-pub mod arena;
 pub mod cpython;
-pub mod elf_image;
-pub mod elf_sink;
-pub mod file_error;
-pub mod flamegraph;
-pub mod gecko;
-pub mod hook;
-pub mod jitdump;
-pub mod jitdump_file;
-pub mod names;
-pub mod perf_map;
-pub mod pprof;
-pub mod profiler;
+pub mod runtime;
 pub mod sink;
-pub mod stack_guard;
-pub mod state_marker;
-pub mod unwind;
 
 #[cfg(test)]
 mod fuzz_tests;
@@ -42,6 +23,9 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
+
+use runtime::{hook, profiler};
+use sink::file_error;
 
 use profiler::{EnableError, Mode};
 
@@ -250,9 +234,9 @@ fn _perftramp(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(diagnostics, m)?)?;
     m.add_function(wrap_pyfunction!(after_fork_in_child, m)?)?;
     m.add_function(wrap_pyfunction!(perf_map_path, m)?)?;
-    m.add_function(wrap_pyfunction!(flamegraph::render_flamegraph, m)?)?;
-    m.add_function(wrap_pyfunction!(pprof::encode_pprof, m)?)?;
-    m.add_function(wrap_pyfunction!(gecko::encode_gecko, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis::flamegraph::render_flamegraph, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis::pprof::encode_pprof, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis::gecko::encode_gecko, m)?)?;
     m.add("VALID_MODES", Mode::VALID)?;
     // The one version number: Cargo.toml's, which maturin also gives the wheel and sdist.
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -2,12 +2,29 @@
 //! jitdump, ELF arena images) is a [`Sink`], in a module of its own. The profiler holds a list
 //! of sinks and tells every one about each new trampoline; a sink that needs the arenas mapped
 //! from its own files (the ELF images) provides their [`ArenaBacking`].
+//!
+//! The formats and what they are built on:
+//! - [`perf_map`], [`jitdump_file`], [`elf`]: the sinks (perf map, jitdump, elf-mode images);
+//! - [`append_file`]: crash-safe files that only grow; [`file_error`]: errors naming the file;
+//! - [`names`]: `py::<qualname>:<filename>` names made safe for perf's formats;
+//! - [`jitdump`], [`eh_frame`], [`elf_image`]: pure encoders of jitdump records, DWARF unwind
+//!   data and the layout of an elf-mode image.
+
+pub mod append_file;
+pub mod eh_frame;
+pub mod elf;
+pub mod elf_image;
+pub mod file_error;
+pub mod jitdump;
+pub mod jitdump_file;
+pub mod names;
+pub mod perf_map;
 
 use std::io;
 use std::path::Path;
 
 use crate::arch::Arch;
-use crate::arena::ArenaBacking;
+use crate::runtime::arena::ArenaBacking;
 
 /// Which format a sink writes (for `status()` and error messages).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

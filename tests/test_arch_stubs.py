@@ -2,7 +2,7 @@
 
 For each arch in perftramp's table, the exact bytes `stub_code(arch)` returns are
 1. disassembled with binutils and checked instruction by instruction (padding must trap), and
-2. run by tests/arch/slot_harness.c, which maps an arena the way src/arena.rs does and calls a
+2. run by tests/arch/slot_harness.c, which maps an arena the way src/runtime/arena.rs does and calls a
    target through non-first slots, checking arguments, return value, the frame-record chain,
    that padding raises SIGTRAP, and that the arena is r-xp (never rwx) in /proc/self/maps.
 A foreign arch is cross-compiled statically and run under qemu-user. Tests skip only when a tool

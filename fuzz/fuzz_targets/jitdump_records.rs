@@ -4,7 +4,8 @@
 //! sizes; and `retarget_records` never panics on arbitrary bytes.
 #![no_main]
 
-use _perftramp::{arch, jitdump, names, unwind};
+use _perftramp::arch;
+use _perftramp::sink::{eh_frame, jitdump, names};
 use libfuzzer_sys::fuzz_target;
 use linux_perf_data::jitdump::{JitDumpReader, JitDumpRecord};
 
@@ -34,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
     let addr = a >> 8; // a user-space address: the range end must not wrap
     let index = b;
     for arch in arch::ALL {
-        let unwind = unwind::unwind_info(arch);
+        let unwind = eh_frame::unwind_info(arch);
         let mut name = Vec::new();
         names::symbol_name(q, f, &mut name);
         let mut filename = Vec::new();

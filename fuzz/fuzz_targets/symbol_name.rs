@@ -4,7 +4,7 @@
 //! printable input short enough to keep comes out verbatim.
 #![no_main]
 
-use _perftramp::names::{self, MAX_FILENAME, MAX_NAME, MAX_QUALNAME};
+use _perftramp::sink::names::{self, MAX_FILENAME, MAX_NAME, MAX_QUALNAME};
 use libfuzzer_sys::fuzz_target;
 
 fn forbidden(c: char) -> bool {

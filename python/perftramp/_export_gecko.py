@@ -1,6 +1,6 @@
 """`report --format gecko`: the view as a Firefox Profiler file (profiler.firefox.com, "Load a
 profile from file"), one process per recorded process, frames in categories by kind (Python,
-Native, CPython, Kernel). Written by fxprof-processed-profile in the extension (src/gecko.rs)."""
+Native, CPython, Kernel). Written by fxprof-processed-profile in the extension (src/analysis/gecko.rs)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ Each sample has two values, `samples/count` and `cpu/nanoseconds` (samples times
 period), and the labels `pid` and `process`: the process is a label rather than a root frame,
 as pprof tools expect (filter with `-tagfocus`). Python functions carry their file and
 definition line (`start_line`, and each location's line: perf samples name functions, not the
-line running). The protobuf encoding is done by prost in the extension (src/pprof.rs)."""
+line running). The protobuf encoding is done by prost in the extension (src/analysis/pprof.rs)."""
 
 from __future__ import annotations
 

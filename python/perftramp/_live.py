@@ -146,7 +146,7 @@ def _size(path: Path, started: Optional[float]) -> Optional[int]:
     return st.st_size
 
 
-#: How perftramp's on/off marker appears in /proc/PID/maps (src/state_marker.rs).
+#: How perftramp's on/off marker appears in /proc/PID/maps (src/runtime/state_marker.rs).
 STATE_MARKER = "/memfd:perftramp-enabled (deleted)"
 
 
@@ -178,7 +178,7 @@ def files_of(pid: int, env: Dict[str, str]) -> Files:
 
 
 def observe(pid: int, env: Dict[str, str], before: Files, timeout: float) -> Tuple[str, Files]:
-    """After a toggle: what perftramp's state marker says once it changed (src/state_marker.rs);
+    """After a toggle: what perftramp's state marker says once it changed (src/runtime/state_marker.rs);
     for an older perftramp without one, 'on' when its files appeared or grew, 'off' when they
     shrank (it cuts its unused reserve when it stops), else 'unknown'."""
     deadline = time.monotonic() + timeout
@@ -446,7 +446,7 @@ def _record_switched_on(perf: str, pid: int, env: Dict[str, str], after: Files, 
 
 def _turn_off(pid: int, signum: int, env: Dict[str, str]) -> str:
     """Sends the toggle signal once more and says the state perftramp ended in, as the
-    process's own marker shows it (src/state_marker.rs)."""
+    process's own marker shows it (src/runtime/state_marker.rs)."""
     name = signal_name(signum)
     before = files_of(pid, env)
     try:

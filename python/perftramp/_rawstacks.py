@@ -4,7 +4,7 @@ so `report` redraws without running perf script again).
 
 Format of `stacks.raw`: a first line `# perftramp raw stacks 1`, then one line per distinct
 stack: `count<TAB>pid<TAB>comm<TAB>frame<TAB>frame...`, frames outermost first, each
-`symbol<US>dso` (US = \\x1f). perftramp's names hold no control characters (src/names.rs), so
+`symbol<US>dso` (US = \\x1f). perftramp's names hold no control characters (src/sink/names.rs), so
 neither separator occurs in a field.
 """
 

@@ -238,8 +238,8 @@ mod tests {
         type Evaluator = extern "C" fn(usize, usize, core::ffi::c_int) -> usize;
         type Stub = unsafe extern "C" fn(usize, usize, core::ffi::c_int, Evaluator) -> usize;
         let arch = native().unwrap();
-        let mut mem = crate::arena::ExecMemory::new(arch, arch.slot_stride);
-        let mut backing = crate::arena::Anonymous;
+        let mut mem = crate::runtime::arena::ExecMemory::new(arch, arch.slot_stride);
+        let mut backing = crate::runtime::arena::Anonymous;
         mem.allocate(&mut backing).unwrap();
         // The second slot: not at the arena's start.
         let slot = mem.allocate(&mut backing).unwrap().as_ptr() as usize;

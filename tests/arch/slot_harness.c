@@ -7,7 +7,7 @@
  *                 evaluator must see)
  *   TRAP_OFFSETS  comma-separated offsets of the padding's trap instructions
  *
- * Maps a 64 KiB arena exactly as src/arena.rs does (mmap RW anonymous private, copy the template
+ * Maps a 64 KiB arena exactly as src/runtime/arena.rs does (mmap RW anonymous private, copy the template
  * to every stride, mprotect RX, clear the instruction cache), then calls a target through slots
  * other than the first as slot(a, b, c, target) and checks the arguments, the return value, the
  * frame-record chain (target -> stub -> caller) and the arena's permissions in /proc/self/maps,
@@ -143,7 +143,7 @@ int main(int argc, char **argv) {
     int nslots = ARENA_SIZE / stride;
     printf("stride %d, %d slots, return offset %ld\n", stride, nslots, ret_off);
 
-    /* Map the arena as src/arena.rs does. */
+    /* Map the arena as src/runtime/arena.rs does. */
     unsigned char *arena =
         mmap(NULL, ARENA_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (arena == MAP_FAILED) {

@@ -6,7 +6,7 @@
 //!
 //! - `.text` at `GEN_ELF_TEXT_OFFSET` (`sizeof(Elf64_Ehdr)` = 0x40; a multiple of 8),
 //! - `.eh_frame` at `ALIGN_8(GEN_ELF_TEXT_OFFSET + csize)`, where `csize` is the `code_size` of
-//!   the CODE_LOAD record (not the stub length: see [`crate::jitdump::code_size`]),
+//!   the CODE_LOAD record (not the stub length: see [`crate::sink::jitdump::code_size`]),
 //! - `.eh_frame_hdr` at `.eh_frame + (unwinding_size - eh_frame_hdr_size)`, i.e. right after
 //!   the `.eh_frame` bytes with no padding.
 //!
@@ -53,7 +53,7 @@ pub const fn align8(n: usize) -> usize {
 /// Distance from the start of `.text` to `.eh_frame` in genelf's ELF (`.eh_frame_hdr` follows at
 /// this plus `eh_frame.len()`).
 pub fn eh_frame_offset(arch: &Arch) -> usize {
-    align8(crate::jitdump::code_size(arch))
+    align8(crate::sink::jitdump::code_size(arch))
 }
 
 /// The rule for one register at one row. `Unspecified` is what DWARF leaves a register with no
@@ -249,7 +249,7 @@ mod tests {
     /// restated from genelf.c rather than taken from the writer: `.eh_frame` at
     /// `ALIGN_8(text + csize)` with csize the CODE_LOAD's code_size, the header right after it.
     fn genelf_bases(arch: &Arch, info: &UnwindInfo, text: u64) -> BaseAddresses {
-        let eh_frame = (text + crate::jitdump::code_size(arch) as u64 + 7) & !7;
+        let eh_frame = (text + crate::sink::jitdump::code_size(arch) as u64 + 7) & !7;
         BaseAddresses::default()
             .set_text(text)
             .set_eh_frame(eh_frame)
@@ -404,7 +404,7 @@ mod tests {
             assert_eq!(&info.eh_frame_hdr[..4], &[1, 0x1b, 0x03, 0x3b], "{}", arch.name);
             for text in TEXT_BASES {
                 let bases = genelf_bases(arch, &info, text);
-                let eh_frame_addr = (text + crate::jitdump::code_size(arch) as u64 + 7) & !7;
+                let eh_frame_addr = (text + crate::sink::jitdump::code_size(arch) as u64 + 7) & !7;
                 let eh_frame = gimli::EhFrame::new(&info.eh_frame, NativeEndian);
                 let hdr =
                     EhFrameHdr::new(&info.eh_frame_hdr, NativeEndian).parse(&bases, 8).unwrap();

@@ -1,5 +1,5 @@
 //! The elf mode's sink: every arena is mapped from an ELF image file of its own (layout in
-//! [`crate::elf_image`]), and each trampoline's name is written into that file's `.symtab` and
+//! [`crate::sink::elf_image`]), and each trampoline's name is written into that file's `.symtab` and
 //! `.strtab`, so perf names and unwinds the trampolines from the files alone.
 //!
 //! Files: `<directory>/perftramp-<pid>/py-<pid>-<n>.so` (directory defaults to `/tmp`). The
@@ -29,11 +29,11 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, Ordering};
 
-use crate::append_file::{AppendFile, Growth};
+use crate::sink::append_file::{AppendFile, Growth};
 use crate::arch::{self, Arch};
-use crate::arena::ArenaBacking;
-use crate::elf_image::{self, Layout, FUNC_INFO, ST_INFO_OFFSET, SYM_SIZE};
-use crate::file_error::{annotate, refusal};
+use crate::runtime::arena::ArenaBacking;
+use crate::sink::elf_image::{self, Layout, FUNC_INFO, ST_INFO_OFFSET, SYM_SIZE};
+use crate::sink::file_error::{annotate, refusal};
 use crate::sink::{Sink, SinkKind, Trampoline};
 
 /// Where elf images go unless the caller says otherwise (a per-process directory inside).
@@ -462,7 +462,7 @@ mod tests {
         let dir = images.path().unwrap().to_owned();
         assert_eq!(dir, parent.join("perftramp-4242"));
         assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
-        let mut memory = crate::arena::ExecMemory::new(arch, arch.slot_stride);
+        let mut memory = crate::runtime::arena::ExecMemory::new(arch, arch.slot_stride);
         let long = "q".repeat(3000);
         let mut made = Vec::new();
         for i in 0..5000 {

@@ -7,8 +7,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::append_file::{AppendFile, Growth};
-use crate::file_error::{annotate, refusal};
+use crate::sink::append_file::{AppendFile, Growth};
+use crate::sink::file_error::{annotate, refusal};
 use crate::sink::{Sink, SinkKind, Trampoline};
 
 pub fn path_for(pid: u32) -> PathBuf {

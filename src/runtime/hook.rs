@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering::Relaxed}
 use pyo3::ffi::{PyObject, PyThreadState};
 
 use crate::cpython::{self, EvalFrameFn, Frame, TrampolineFn};
-use crate::profiler;
-use crate::stack_guard;
+use crate::runtime::profiler;
+use crate::runtime::stack_guard;
 
 /// The evaluator perftramp chains to (an `EvalFrameFn`, stored as an address).
 static PREVIOUS: AtomicUsize = AtomicUsize::new(0);

@@ -1,6 +1,6 @@
 //! The profiler's process-wide state: the mode, the executable memory, the output files and the
 //! counters. Everything here runs on the cold path (enable, disable, a code object's first call)
-//! behind one mutex; the hot path only reads atomics in [`crate::hook`].
+//! behind one mutex; the hot path only reads atomics in [`crate::runtime::hook`].
 
 use std::ffi::c_void;
 use std::io;
@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, Once, TryLockError};
 
 use crate::arch::{self, Arch};
-use crate::arena::{Anonymous, ArenaBacking, ExecMemory};
+use crate::runtime::arena::{Anonymous, ArenaBacking, ExecMemory};
 use crate::cpython::{self, CodeNames};
-use crate::elf_sink::ElfImages;
-use crate::hook::{self, Deactivated};
-use crate::jitdump_file::JitDumpFile;
-use crate::names;
-use crate::perf_map::{self, PerfMap};
+use crate::sink::elf::ElfImages;
+use crate::runtime::hook::{self, Deactivated};
+use crate::sink::jitdump_file::JitDumpFile;
+use crate::sink::names;
+use crate::sink::perf_map::{self, PerfMap};
 use crate::sink::{Sink, SinkKind, Trampoline};
 
 /// What perftramp writes for perf: any combination of its outputs (sinks).
@@ -203,7 +203,7 @@ pub unsafe fn enable(
     PROCESS_HOOKS.call_once(install_process_hooks);
     cpython::enable_c_recursion_refund(recursion_limit);
     hook::activate();
-    crate::state_marker::show();
+    crate::runtime::state_marker::show();
     if let Some(profiler) = guard.as_mut() {
         profiler.pass_through = false;
         profiler.persist_after_fork = persist_after_fork;
@@ -223,7 +223,7 @@ pub unsafe fn disable() {
         return;
     }
     let outcome = hook::deactivate();
-    crate::state_marker::hide();
+    crate::runtime::state_marker::hide();
     if let Some(profiler) = guard.as_mut() {
         profiler.pass_through = outcome == Deactivated::PassThrough;
         // Leave exactly the entries in the file while off.
@@ -426,7 +426,7 @@ impl Profiler {
     /// inherited arenas as the child's own) needs to name them.
     fn reopen_after_fork(&mut self) {
         self.pid = current_pid();
-        crate::jitdump_file::forget_thread_id();
+        crate::sink::jitdump_file::forget_thread_id();
         self.memory.retire_current_arena();
         for sink in std::mem::take(&mut self.sinks) {
             let kind = sink.kind();
@@ -471,7 +471,7 @@ extern "C" fn forked_child() {
     // Only an atomic store and a thread-local store: this runs in the child between fork and
     // anything else.
     FORKED.store(true, Relaxed);
-    crate::jitdump_file::forget_thread_id();
+    crate::sink::jitdump_file::forget_thread_id();
 }
 
 /// Cuts the files' unused filler now. Registered with Python's `atexit`, which runs before
@@ -512,12 +512,12 @@ fn install_process_hooks() {
 fn check_directory(dir: &Path) -> Result<(), EnableError> {
     match std::fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => Ok(()),
-        Ok(_) => Err(EnableError::Io(crate::file_error::annotate(
+        Ok(_) => Err(EnableError::Io(crate::sink::file_error::annotate(
             io::Error::from_raw_os_error(libc::ENOTDIR),
             dir,
             "directory for the jitdump and elf images",
         ))),
-        Err(err) => Err(EnableError::Io(crate::file_error::annotate(
+        Err(err) => Err(EnableError::Io(crate::sink::file_error::annotate(
             err,
             dir,
             "directory for the jitdump and elf images",

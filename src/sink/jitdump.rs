@@ -16,7 +16,7 @@
 //! and [`jit_slot_size`] is the slot that keeps those ranges disjoint.
 
 use crate::arch::Arch;
-use crate::unwind::{align8, UnwindInfo};
+use crate::sink::eh_frame::{align8, UnwindInfo};
 
 /// "JiTD" read as a native u32 (perf also accepts the byte-swapped value).
 pub const MAGIC: u32 = 0x4A69_5444;
@@ -211,7 +211,7 @@ pub fn encode_unwinding_info(buf: &mut Vec<u8>, timestamp: u64, unwind: &UnwindI
 mod tests {
     use super::*;
     use crate::arch::{self, aarch64, x86_64};
-    use crate::unwind::unwind_info;
+    use crate::sink::eh_frame::unwind_info;
     use linux_perf_data::jitdump::{JitDumpReader, JitDumpRecord, JitDumpRecordType};
 
     #[test]

@@ -37,8 +37,8 @@ use object::endian::{LittleEndian as LE, U16, U32, U64};
 use object::pod::bytes_of;
 
 use crate::arch::Arch;
-use crate::arena::{align_up, ARENA_SIZE};
-use crate::unwind;
+use crate::runtime::arena::{align_up, ARENA_SIZE};
+use crate::sink::eh_frame;
 
 /// Section indexes (0 is the null section; .eh_frame is 2, .eh_frame_hdr 3, .symtab 4).
 pub const TEXT: u16 = 1;
@@ -110,7 +110,7 @@ pub fn initial_image(arch: &Arch, slot_size: usize) -> (Layout, Vec<u8>) {
     let eh_frame_offset = text_offset + ARENA_SIZE; // 8-aligned
     let stubs: Vec<i64> =
         (0..slots).map(|i| (text_offset + i * slot_size) as i64 - eh_frame_offset as i64).collect();
-    let (eh_frame, fdes) = unwind::stubs_eh_frame(arch, &stubs);
+    let (eh_frame, fdes) = eh_frame::stubs_eh_frame(arch, &stubs);
     let eh_frame_hdr_offset = align_up(eh_frame_offset + eh_frame.len(), 4);
     let table: Vec<(i64, i64)> = fdes
         .iter()
@@ -118,7 +118,7 @@ pub fn initial_image(arch: &Arch, slot_size: usize) -> (Layout, Vec<u8>) {
         .map(|(i, &fde)| ((text_offset + i * slot_size) as i64, (eh_frame_offset + fde) as i64))
         .collect();
     let eh_frame_hdr =
-        unwind::eh_frame_hdr_table(eh_frame_hdr_offset as i64, eh_frame_offset as i64, &table);
+        eh_frame::eh_frame_hdr_table(eh_frame_hdr_offset as i64, eh_frame_offset as i64, &table);
     let load_end = eh_frame_hdr_offset + eh_frame_hdr.len();
     let meta_offset = align_up(load_end, page);
     let shdr_offset = meta_offset;
@@ -149,7 +149,7 @@ pub fn initial_image(arch: &Arch, slot_size: usize) -> (Layout, Vec<u8>) {
     for (i, ph) in phdrs.iter().enumerate() {
         put(&mut out, EHDR_SIZE + i * PHDR_SIZE, bytes_of(ph));
     }
-    crate::arena::fill_arena(arch, slot_size, &mut out[text_offset..text_offset + ARENA_SIZE]);
+    crate::runtime::arena::fill_arena(arch, slot_size, &mut out[text_offset..text_offset + ARENA_SIZE]);
     put(&mut out, eh_frame_offset, &eh_frame);
     put(&mut out, eh_frame_hdr_offset, &eh_frame_hdr);
     for (i, sh) in section_headers(&layout, slots + 1, 1).iter().enumerate() {

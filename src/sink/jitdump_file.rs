@@ -14,13 +14,13 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::append_file::{AppendFile, Growth};
+use crate::sink::append_file::{AppendFile, Growth};
 use crate::arch::Arch;
-use crate::file_error::{annotate, refusal};
-use crate::jitdump;
-use crate::names;
+use crate::sink::file_error::{annotate, refusal};
+use crate::sink::jitdump;
+use crate::sink::names;
 use crate::sink::{Sink, SinkKind, Trampoline};
-use crate::unwind::{self, UnwindInfo};
+use crate::sink::eh_frame::{self, UnwindInfo};
 
 pub fn path_for(directory: &Path, pid: u32) -> PathBuf {
     directory.join(format!("jit-{pid}.dump"))
@@ -115,7 +115,7 @@ impl JitDumpFile {
         let mut dump = JitDumpFile {
             file,
             arch,
-            unwind: unwind::unwind_info(arch),
+            unwind: eh_frame::unwind_info(arch),
             salt: random_salt(),
             next_index,
             pid,
@@ -142,7 +142,7 @@ impl JitDumpFile {
     /// Bytes of executable memory each jit-mode trampoline needs so that perf inject's mapped
     /// ranges never overlap.
     pub fn slot_size(arch: &Arch) -> usize {
-        jitdump::jit_slot_size(arch, &unwind::unwind_info(arch))
+        jitdump::jit_slot_size(arch, &eh_frame::unwind_info(arch))
     }
 
     /// Appends the records describing the trampoline at `addr`.
