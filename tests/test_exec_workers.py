@@ -189,6 +189,14 @@ def write_figures(result: dict, run: int) -> None:
         file.write(json.dumps(line) + "\n")
 
 
+def summary_tail(stderr: str) -> str:
+    """The end of record's or report's summary (its per-process table and warnings), without the
+    lines listing the files written."""
+    lines = [line for line in stderr.splitlines()
+             if not line.startswith(("perftramp: wrote ", "perftramp: open "))]
+    return "\n".join(lines)[-2500:]
+
+
 def check(result: dict, run: int) -> None:
     prog: Program = result["program"]
     workers: Dict[int, str] = result["workers"]
@@ -203,7 +211,7 @@ def check(result: dict, run: int) -> None:
         samples, own = tally[pid]
         detail = (f"{what}: worker pid {pid} ({label}) has its own function on {own}/{samples} "
                   f"samples ({own / samples if samples else 0:.0%}); every worker: {shares}\n"
-                  f"{result['summary'][-1500:]}")
+                  f"{summary_tail(result['summary'])}")
         assert samples >= 50, detail
         assert own / samples >= THRESHOLD, detail
 
