@@ -90,13 +90,14 @@ def program(case: str, tmp_path: Path) -> Program:
         suite.mkdir()
         shutil.copy(WORKLOADS / "exec_xdist_suite.py", suite / "test_mpmath_work.py")
         (suite / "pytest.ini").write_text("[pytest]\naddopts =\n")
-        # 32 tests of 0.3 s (0.6 s on a debug build): ~4.8 s of each worker's CPU in the suite,
+        # 40 tests of 0.3 s (0.6 s on a debug build): ~6 s of each worker's CPU in the suite,
         # against ~0.35 s of pytest's own start-up and exit in it (imports, dataclasses, its
-        # final gc.collect()s: 88% of a worker's samples were the suite's with 2.4 s of tests).
+        # final gc.collect()s): 88% of a worker's samples were the suite's with 2.4 s of tests,
+        # 91-94% with 4.8 s (3.12, 3.14).
         return Program([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2",
                         "--rootdir", str(suite), str(suite / "test_mpmath_work.py")],
                        ["gw0", "gw1"], in_suite,
-                       env={"PERFTRAMP_TEST_XDIST_TESTS": "32",
+                       env={"PERFTRAMP_TEST_XDIST_TESTS": "40",
                             "PERFTRAMP_TEST_XDIST_SECONDS": "0.6" if DEBUG else "0.3",
                             "PYTEST_ADDOPTS": ""})
     if case == "uvicorn":
