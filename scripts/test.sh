@@ -40,6 +40,12 @@ tier() {
 # missing ones on a new machine); the fresh chroot is removed at the end (PERFTRAMP_KEEP_FRESH=1
 # keeps it).
 ci_tmp=/tmp/perftramp-ci
+# What the test suites need besides perftramp, in every tier's venv (host and sid chroot, debug
+# builds included): flake8, a real forking program (tests/test_fork_third_party.py); jsonschema,
+# speedscope's schema; pytest-xdist, uvicorn and mpmath, real programs whose workers are started
+# by exec (tests/test_exec_workers.py). Pinned to versions that support 3.9 to 3.15 (uvicorn
+# 0.39.0 is the last that supports 3.9).
+test_deps=(pytest flake8 jsonschema pytest-xdist==3.8.0 uvicorn==0.39.0 mpmath==1.4.1)
 if [ "${PERFTRAMP_FRESH:-0}" = 1 ]; then
     stamp=$(date +%Y%m%d-%H%M%S)-$$
     fresh=/var/tmp/perftramp-fresh-$stamp
@@ -233,7 +239,7 @@ chroot_tiers() {
                 tag="$(in_sid "python$v" -c 'import sys; print(sys.version.split()[0])' || echo "$v")-sid"
                 echo "== CPython $tag (sid chroot, $venv)"
                 [ -x "$sid_root$venv/bin/python" ] || in_sid "python$v" -m venv "$venv"
-                in_sid "$venv/bin/python" -m pip install -q pytest flake8 jsonschema
+                in_sid "$venv/bin/python" -m pip install -q "${test_deps[@]}"
                 # A per-version cargo target under /tmp: rebuilds only what changed.
                 if ! in_sid env CARGO_TARGET_DIR="$ci_tmp-target-$v" "$venv/bin/python" -m pip install \
                         -q --force-reinstall --no-deps "$sid_src"; then
@@ -311,7 +317,7 @@ chroot_tiers() {
             tag="$v-dbg"
             echo "== CPython $tag (sid chroot, python${v}d, $venv)"
             [ -x "$sid_root$venv/bin/python" ] || in_sid "python${v}d" -m venv "$venv"
-            in_sid "$venv/bin/python" -m pip install -q pytest flake8
+            in_sid "$venv/bin/python" -m pip install -q "${test_deps[@]}"
             if ! in_sid env CARGO_TARGET_DIR="$ci_tmp-target-dbg-$v" "$venv/bin/python" -m pip \
                     install -q --force-reinstall --no-deps "$sid_src"; then
                 total_failed=$((total_failed + 1)); report+=("$tag: BUILD FAILED"); continue
@@ -414,15 +420,14 @@ for py in "${pythons[@]}"; do
     venv="$root/.venvs/$tag"
     [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-    # flake8: a real forking program (tests/test_fork_third_party.py); jsonschema: speedscope's schema
-    "$venv/bin/python" -m pip install -q pytest flake8 jsonschema
+    "$venv/bin/python" -m pip install -q "${test_deps[@]}"  # test_deps: see the top
     source_label="source tree"
     install=(-m pip install -q --force-reinstall --no-deps "$root")
     path_extra=""
     if [ "$index" -eq 0 ] && [ "$wheel_built" = 1 ]; then
         # A fresh venv, perftramp from the wheel alone, no Rust toolchain reachable.
         rm -rf "$venv"; "$py" -m venv "$venv"
-        "$venv/bin/python" -m pip install -q pytest flake8 jsonschema
+        "$venv/bin/python" -m pip install -q "${test_deps[@]}"
         source_label="wheel $(cd "$dist" && ls perftramp-*.whl)"
         install=(-m pip install -q --no-index --find-links "$dist" --only-binary perftramp perftramp)
         path_extra="$no_rust"
