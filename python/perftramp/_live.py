@@ -276,13 +276,13 @@ def toggle_command(pid: int, requested_signal: Optional[str]) -> int:
 
 def record_pid(perf: str, pid: int, *, duration: float, output: Path, force: bool,
                frequency: Optional[int], requested_signal: Optional[str], top: int, inline: bool,
-               perf_args: List[str], all_frames: bool = False, keep_tmp: bool = False,
+               unwinder: str, perf_args: List[str], all_frames: bool = False, keep_tmp: bool = False,
                compress: bool = True) -> int:
     check_process(pid)
     env = process_env(pid)
     if _wants_remote_exec(pid, env, requested_signal):
         return _record_pid_remote(perf, pid, env, duration=duration, output=output, force=force,
-                                  frequency=frequency, top=top, inline=inline,
+                                  frequency=frequency, top=top, inline=inline, unwinder=unwinder,
                                   perf_args=perf_args, all_frames=all_frames, keep_tmp=keep_tmp,
                                   compress=compress)
     signum = _validated_signal(pid, env, requested_signal)
@@ -305,7 +305,7 @@ def record_pid(perf: str, pid: int, *, duration: float, output: Path, force: boo
             f"perftramp's toggle? Recording anyway")
     return _record_switched_on(perf, pid, env, after, directory, lambda: _turn_off(pid, signum, env),
                                duration=duration, frequency=frequency, top=top, inline=inline,
-                               perf_args=perf_args, all_frames=all_frames, keep_tmp=keep_tmp,
+                               unwinder=unwinder, perf_args=perf_args, all_frames=all_frames, keep_tmp=keep_tmp,
                                compress=compress)
 
 
@@ -321,7 +321,7 @@ def _wants_remote_exec(pid: int, env: Dict[str, str], requested_signal: Optional
 
 
 def _record_pid_remote(perf: str, pid: int, env: Dict[str, str], *, duration: float, output: Path,
-                       force: bool, frequency: Optional[int], top: int, inline: bool,
+                       force: bool, frequency: Optional[int], top: int, inline: bool, unwinder: str,
                        perf_args: List[str], all_frames: bool, keep_tmp: bool,
                        compress: bool = True) -> int:
     """record --pid for a process without the signal toggle, on CPython 3.14+: perftramp is
@@ -346,8 +346,8 @@ def _record_pid_remote(perf: str, pid: int, env: Dict[str, str], *, duration: fl
         return _record_switched_on(
             perf, pid, env, files_of(pid, env), directory,
             lambda: f"perftramp was on in {pid} before this recording, and is left on",
-            duration=duration, frequency=frequency, top=top, inline=inline, perf_args=perf_args,
-            all_frames=all_frames, keep_tmp=keep_tmp, compress=compress)
+            duration=duration, frequency=frequency, top=top, inline=inline, unwinder=unwinder,
+            perf_args=perf_args, all_frames=all_frames, keep_tmp=keep_tmp, compress=compress)
     session = _remote.RemoteSession(pid, exe)
     jit_dir: Optional[Path] = None
     try:
@@ -376,16 +376,16 @@ def _record_pid_remote(perf: str, pid: int, env: Dict[str, str], *, duration: fl
 
         return _record_switched_on(perf, pid, env, after, directory, turn_off,
                                    duration=duration, frequency=frequency, top=top,
-                                   inline=inline, perf_args=perf_args, all_frames=all_frames,
-                                   keep_tmp=keep_tmp, compress=compress)
+                                   inline=inline, unwinder=unwinder, perf_args=perf_args,
+                                   all_frames=all_frames, keep_tmp=keep_tmp, compress=compress)
     finally:
         session.close()
 
 
 def _record_switched_on(perf: str, pid: int, env: Dict[str, str], after: Files, directory: Path,
                         turn_off: Callable[[], str], *, duration: float,
-                        frequency: Optional[int], top: int, inline: bool, perf_args: List[str],
-                        all_frames: bool, keep_tmp: bool, compress: bool = True) -> int:
+                        frequency: Optional[int], top: int, inline: bool, unwinder: str,
+                        perf_args: List[str], all_frames: bool, keep_tmp: bool, compress: bool = True) -> int:
     """Records `pid` (perftramp on in it, writing `after`), turns it off, and draws."""
     declared = _MODES.get(env.get("PERFTRAMP_MODE", "jit").strip() or "jit", "jit")
     mode = "jit" if after.dump is not None else "map" if after.map_size is not None else declared
@@ -434,7 +434,7 @@ def _record_switched_on(perf: str, pid: int, env: Dict[str, str], after: Files, 
             raise CliError("interrupted before perf recorded anything", 130)
         raise rec.explain_perf_failure(run.stderr, run.status)
     try:
-        status = rec._draw(perf, directory, mode, top=top, inline=inline,
+        status = rec._draw(perf, directory, mode, top=top, inline=inline, unwinder=unwinder,
                            status=130 if run.interrupted else 0, command=[str(pid)], pid=pid,
                            all_frames=all_frames)
     finally:

@@ -349,7 +349,7 @@ def run_perf(command: Sequence[str], env: Dict[str, str], *,
 
 
 def record_command(perf: str, command: List[str], *, output: Path, mode: str, frequency: Optional[int],
-                   force: bool, top: int, inline: bool, perf_args: List[str],
+                   force: bool, top: int, inline: bool, unwinder: str, perf_args: List[str],
                    all_frames: bool = False, compress: bool = True) -> int:
     if not command:
         raise CliError("record needs a command to run: python -m perftramp record -- python app.py", 2)
@@ -397,17 +397,19 @@ def record_command(perf: str, command: List[str], *, output: Path, mode: str, fr
         raise explain_perf_failure(run.stderr, run.status)
     if run.interrupted:
         say("stopped by Ctrl-C: keeping what was recorded")
-    return _draw(perf, directory, plan.mode, top=top, inline=inline,
+    return _draw(perf, directory, plan.mode, top=top, inline=inline, unwinder=unwinder,
                  status=130 if run.interrupted else run.status, command=command,
                  all_frames=all_frames)
 
 
-def _draw(perf: str, directory: Path, mode: str, *, top: int, inline: bool, status: int,
+def _draw(perf: str, directory: Path, mode: str, *, top: int, inline: bool, unwinder: str,
+          status: int,
           command: List[str], pid: Optional[int] = None, all_frames: bool = False) -> int:
     failed = status not in (0, 130)
     try:
         meta = rp.read_meta(directory)
-        stacks, data_written = rp.load_stacks(perf, directory, rescan=True, inline=inline, meta=meta)
+        stacks, data_written = rp.load_stacks(perf, directory, rescan=True, inline=inline,
+                                              unwinder=unwinder, meta=meta)
         if failed and not _ran_its_own_python(stacks):
             # Nothing but interpreter start-up was recorded: a flamegraph of that, or a hint that
             # perftramp is missing, would point away from the real cause.
@@ -416,7 +418,7 @@ def _draw(perf: str, directory: Path, mode: str, *, top: int, inline: bool, stat
                 f"running any code of its own: nothing drawn. The recording is kept in "
                 f"{directory} (python -m perftramp report {directory} draws it anyway)", status)
         report = rp.finish(perf, directory, rescan=False, python=None, limit=top,
-                           inline=inline, all_frames=all_frames)
+                           inline=inline, unwinder=unwinder, all_frames=all_frames)
     except KeyboardInterrupt:
         raise CliError(f"interrupted; the recording is kept: python -m perftramp report {directory}",
                        130) from None

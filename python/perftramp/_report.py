@@ -286,6 +286,51 @@ def script_collapse(perf: str, data: Path, *, inline: bool = False) -> Collapsed
     return Collapsed(raw.all_frames_collapsed(stacks), seen[0], pids, lost, stacks)
 
 
+# --- perftramp's own reader and unwinder -> collapsed stacks --------------------------------------
+
+#: Who turns perf data into stacks: perftramp's own reader and unwinder (the default: each
+#: process unwound with its own mappings, in the extension), or `perf script` (perf's own
+#: unwinder: the reference, and what --inline uses).
+UNWINDERS = ("perftramp", "perf")
+DEFAULT_UNWINDER = "perftramp"
+
+
+def read_collapse(data: Path) -> Collapsed:
+    """Reads `data` with perftramp's own reader: every sample unwound with the mappings of its
+    own process (perf 6's unwinder reuses the first process's libpython address for all), the
+    frames named as `perf script` names them."""
+    from ._perftramp import read_perf_data
+
+    with Progress(f"reading {data.name}") as progress:
+        try:
+            rows, info = read_perf_data(str(data))
+        except OSError as err:
+            raise CliError(f"cannot read {data}: {err.strerror or err}") from None
+        except ValueError as err:
+            raise CliError(f"{data}: {err}. perf's own reader may still read it: add "
+                           f"--unwinder perf") from None
+    stacks: raw.RawStacks = {}
+    pids: Set[int] = set()
+    samples = 0
+    for count, pid, comm, frames in rows:
+        key = (raw.clean(comm) or "[unknown]", pid,
+               tuple((raw.clean(symbol), raw.clean(dso)) for symbol, dso in frames))
+        stacks[key] = stacks.get(key, 0) + count
+        samples += count
+        if pid >= 0:
+            pids.add(pid)
+    for warning in info.get("warnings", ()):
+        say(f"warning: {data}: {warning}")
+    lost = int(info.get("lost_chunks", 0))
+    if lost:
+        say(f"perf lost {lost:,} chunks of samples ({int(info.get('lost_events', 0)):,} events) "
+            f"while recording: the profile undercounts (perf could not keep up; a lower -F, or "
+            f"bigger buffers: --perf-args='-m 32M')")
+    if progress.elapsed > 2:
+        say(f"read {samples:,} samples in {progress.elapsed:.1f} s")
+    return Collapsed(raw.all_frames_collapsed(stacks), samples, pids, lost, stacks)
+
+
 # --- outputs -------------------------------------------------------------------------------------
 
 FILTERS = {None: "", True: ".python-only", False: ".no-python"}
@@ -478,7 +523,8 @@ def data_file(directory: Path) -> Path:
 
 
 def load_stacks(perf: Optional[str], directory: Path, *, rescan: bool, inline: bool,
-                meta: Dict[str, object]) -> Tuple[raw.RawStacks, List[Path]]:
+                meta: Dict[str, object], unwinder: str = DEFAULT_UNWINDER
+                ) -> Tuple[raw.RawStacks, List[Path]]:
     """The recording's samples: from stacks.raw (or an older recording's stacks.collapsed), or
     from perf data (injecting jitdumps first when needed), writing stacks.raw and
     stacks.collapsed."""
@@ -490,39 +536,47 @@ def load_stacks(perf: Optional[str], directory: Path, *, rescan: bool, inline: b
     if not rescan and collapsed_path.is_file() and not has_data:
         counts = ps.parse_collapsed(collapsed_path.read_text(encoding="utf-8", errors="replace"))
         return raw.from_collapsed(counts), []
-    if perf is None:
-        perf = find_perf()
+    by_perf = unwinder == "perf" or inline
     data = directory / PERF_DATA
     jit_data = directory / JIT_DATA
     listed = meta.get("jit_dirs")
     dirs = [Path(d) for d in listed if isinstance(d, str)] if isinstance(listed, list) else []
     dirs = dirs or [directory / JIT_DIR]
     dumps = jit_dumps(dirs, _pids(meta))
+    if perf is None and (by_perf or (dumps and data.is_file() and not jit_data.is_file())):
+        perf = find_perf()
     if dumps and data.is_file() and not jit_data.is_file():
+        assert perf is not None
         inject(perf, data, jit_data, dumps)
     source = data_file(directory)
     gone = [pid for pid in _recorded_pids(meta) if not Path(f"/tmp/perf-{pid}.map").exists()]
     if meta.get("mode") == "map" and gone:
         say(f"/tmp/perf-{gone[0]}.map is gone: perf can no longer name the Python frames of "
             f"process {gone[0]} (report without --rescan reuses {RAW})")
-    result = script_collapse(perf, source, inline=inline)
+    if by_perf:
+        assert perf is not None
+        result = script_collapse(perf, source, inline=inline)
+    else:
+        result = read_collapse(source)
     assert result.stacks is not None
     raw.write_raw(raw_path, result.stacks)
     written = [write_collapsed(directory, result.counts), raw_path]
     meta["pids"] = sorted(result.pids)
     meta["lost_chunks"] = result.lost_chunks
+    meta["unwinder"] = "perf" if by_perf else "perftramp"
     write_meta(directory, meta)
     return result.stacks, written
 
 
 def finish(perf: Optional[str], directory: Path, *, rescan: bool, python: Optional[bool],
            limit: int, inline: bool = False, title: Optional[str] = None,
-           all_frames: bool = False) -> Report:
+           all_frames: bool = False, unwinder: str = DEFAULT_UNWINDER) -> Report:
     """What `record` does after perf stops and what `report` does: the samples (see
     load_stacks), then the flamegraph of the Python view (or of every frame, or filtered) and
     the table."""
     meta = read_meta(directory)
-    stacks, written = load_stacks(perf, directory, rescan=rescan, inline=inline, meta=meta)
+    stacks, written = load_stacks(perf, directory, rescan=rescan, inline=inline, meta=meta,
+                                  unwinder=unwinder)
     counts = raw.all_frames_collapsed(stacks)
     if title is None:
         command = meta.get("command")
@@ -604,26 +658,21 @@ def interpreter_warnings(processes: Sequence[fold.ProcessStats], meta: Dict[str,
     likely means and what to try: perf's unwinding stopped there (cut short), or perftramp was
     not on in them (complete stacks without a Python frame; with `say_not_on` False the caller
     says that for the whole recording itself)."""
-    import platform
-    import shlex
-
     lost = [p for p in processes if p.lost_in_interpreter]
     off = [p for p in processes if p.perftramp_off]
     lines: List[str] = []
     if lost:
-        lines.append(f"warning: perf's unwinding stopped inside the interpreter in most samples "
+        by_perf = read_by_perf(meta)
+        who = "perf's unwinding" if by_perf else "unwinding"
+        lines.append(f"warning: {who} stopped inside the interpreter in most samples "
                      f"of {_names(lost, limit)}: {'their' if len(lost) > 1 else 'its'} Python "
                      f"functions are missing from the flamegraph and the table")
-        command = meta.get("command")
-        # A live process (record --pid) is restarted by its owner: its command is not ours.
-        shown = (shlex.join(str(c) for c in command) if isinstance(command, list)
-                 and "pid" not in meta else "CMD...")
         if meta.get("call_graph") == "fp":
             lines.append("  likely: the interpreter has no frame pointers, which --call-graph fp "
                          "needs to walk through it")
             lines.append("  try: elf mode (python -m perftramp record --mode elf -- ...), which "
                          "unwinds with DWARF and needs no frame pointers")
-        elif any(p.shared_libpython for p in lost):
+        elif any(p.shared_libpython for p in lost) and by_perf:
             they, run, were, these = (("they", "run", "were", "these") if len(lost) > 1 else
                                       ("it", "runs", "was", "this one"))
             lines.append(
@@ -634,11 +683,16 @@ def interpreter_warnings(processes: Sequence[fold.ProcessStats], meta: Dict[str,
                 f"it, and address randomization put libpython elsewhere in {these} (forked "
                 f"children inherit their parent's addresses and are not affected)")
             lines.append(
-                f"  try: recording with address randomization off (python -m perftramp record "
-                f"-- setarch {platform.machine() or '$(uname -m)'} -R {shown}); forked workers "
-                f"(multiprocessing start method 'fork'); or an interpreter with libpython "
-                f"linked in (`ldd <python>` lists no libpython, as for Debian's /usr/bin/python3; "
-                f"sysconfig's Py_ENABLE_SHARED does not tell: Debian's says 1)")
+                "  try: reading it with perftramp's own unwinder, which unwinds each process with "
+                "its own mappings (report without --unwinder perf)")
+        elif not by_perf:
+            lines.append("  likely: the unwind tables of their interpreter could not be read (the "
+                         "file changed or was deleted since the recording), or their stacks are "
+                         "deeper than the stack copy perf took (--perf-args='--call-graph "
+                         "dwarf,65528')")
+            lines.append("  try: `python -m perftramp report --rescan --unwinder perf DIR` to compare "
+                         "with perf's own unwinder; jit mode; or an interpreter with frame pointers "
+                         "(map mode, --call-graph fp)")
         else:
             lines.append("  likely: perf's DWARF unwinder could not walk their interpreter frames "
                          "(the loss can differ from run to run)")
@@ -652,6 +706,12 @@ def interpreter_warnings(processes: Sequence[fold.ProcessStats], meta: Dict[str,
                      "-m pip install perftramp), and let PERFTRAMP=... reach them (a program "
                      "that starts its children with a clean environment drops it)")
     return lines
+
+
+def read_by_perf(meta: Dict[str, object]) -> bool:
+    """Whether perf script read the recording (--unwinder perf, --inline, or a recording made
+    before perftramp had its own reader, whose perftramp.json says nothing)."""
+    return meta.get("unwinder", "perf") == "perf"
 
 
 def _recorded_pids(meta: Dict[str, object]) -> List[int]:

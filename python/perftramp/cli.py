@@ -142,6 +142,10 @@ def _report_options(parser: argparse.ArgumentParser) -> None:
                         help="rows of the table of Python functions (default 15)")
     parser.add_argument("--inline", action="store_true",
                         help="show inlined native functions as frames (perf script --inline; slower)")
+    parser.add_argument("--unwinder", choices=("perftramp", "perf"), default="perftramp",
+                        help="who reads perf.data: perftramp (default; each process unwound with "
+                             "its own mappings, so processes started by exec keep their Python "
+                             "frames) or perf (perf script: perf's own unwinder; --inline uses it)")
 
 
 def split_command(argv: Sequence[str]) -> tuple[List[str], Optional[List[str]]]:
@@ -173,7 +177,7 @@ def cmd_record(opts: argparse.Namespace, command: List[str]) -> int:
         return _live.record_pid(perf, opts.pid, duration=opts.duration, output=output,
                                 force=opts.force, frequency=opts.frequency,
                                 requested_signal=opts.signal, top=opts.top, inline=opts.inline,
-                                perf_args=perf_args, all_frames=opts.native == "all",
+                                unwinder=opts.unwinder, perf_args=perf_args, all_frames=opts.native == "all",
                                 keep_tmp=opts.keep_tmp, compress=opts.compress)
     if opts.keep_tmp:
         raise CliError("--keep-tmp applies to --pid only (a command's files go to DIR/jit)", 2)
@@ -183,7 +187,7 @@ def cmd_record(opts: argparse.Namespace, command: List[str]) -> int:
     perf = _report.find_perf()
     return _record.record_command(perf, command, output=output, mode=opts.mode,
                                   frequency=opts.frequency, force=opts.force, top=opts.top,
-                                  inline=opts.inline, perf_args=perf_args,
+                                  inline=opts.inline, unwinder=opts.unwinder, perf_args=perf_args,
                                   all_frames=opts.native == "all", compress=opts.compress)
 
 
@@ -206,7 +210,8 @@ def cmd_report(opts: argparse.Namespace) -> int:
                        "into DIR)", 2)
     try:
         report = _report.finish(None, directory, rescan=opts.rescan, python=python,
-                                limit=opts.top, inline=opts.inline, all_frames=all_frames)
+                                limit=opts.top, inline=opts.inline, unwinder=opts.unwinder,
+                                all_frames=all_frames)
     except KeyboardInterrupt:
         raise CliError("interrupted", 130) from None
     sys.stdout.write(report.table)
@@ -224,7 +229,7 @@ def _export(opts: argparse.Namespace, directory: Path, all_frames: bool) -> int:
     path = opts.output or directory / _report.EXPORTS[opts.format]
     try:
         stacks, _ = _report.load_stacks(None, directory, rescan=opts.rescan, inline=opts.inline,
-                                        meta=meta)
+                                        unwinder=opts.unwinder, meta=meta)
         with _report.Progress(f"writing {opts.format}"):
             view = _folding.python_view(stacks, all_frames=all_frames)
             command = meta.get("command")
