@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import sys
 from pathlib import Path
@@ -105,9 +104,10 @@ def truth(out: Path) -> Dict[int, Tuple[int, int]]:
 def warned_pids(stderr: str, kind: str = "lost") -> Set[int]:
     """The pids named by the warning about processes lost in the interpreter ("lost") or
     without perftramp ("off")."""
-    start = ("perftramp: warning: perf's unwinding stopped inside the interpreter" if kind == "lost"
-             else "perftramp: warning: pid ")
-    names = [line for line in stderr.splitlines() if line.startswith(start)
+    starts = (("perftramp: warning: perf's unwinding stopped inside the interpreter",
+               "perftramp: warning: unwinding stopped inside the interpreter") if kind == "lost"
+              else ("perftramp: warning: pid ",))
+    names = [line for line in stderr.splitlines() if line.startswith(starts)
              and (kind == "lost" or "ran the interpreter without a Python frame" in line)]
     return {int(pid) for line in names for pid in re.findall(r"pid (\d+) \(", line)}
 
@@ -139,8 +139,9 @@ def test_record_and_report_give_one_line_per_process(perf, tmp_path):
         # The warnings name exactly the processes marked in the table, each mostly unnamed.
         lost = {pid for pid, row in rows.items() if row[4] == "lost"}
         assert warned_pids(proc.stderr, "lost") == lost, proc.stderr[-3000:]
-        assert all(rows[pid][2] < 50 for pid in lost), rows
-        assert parent not in lost, rows  # the first process perf unwinds is always right
+        # perftramp's reader unwinds each process with its own mappings: none is lost (perf
+        # 6.1's unwinder lost the exec'd ones in about half the runs).
+        assert not lost, proc.stderr[-3000:]
         # perftramp is on in every one of them: none is said to be without it.
         assert not warned_pids(proc.stderr, "off") and not any(r[4] == "off" for r in rows.values()), \
             proc.stderr[-3000:]
@@ -153,21 +154,29 @@ def test_record_and_report_give_one_line_per_process(perf, tmp_path):
             remove_perf_maps(out)
 
 
-def test_the_advice_for_workers_lost_in_the_interpreter_works(perf, tmp_path):
-    """What the warning tells people to try first: address randomization off for the recording
-    (setarch -R) names the exec'd workers' Python functions."""
+def test_the_advice_for_workers_perf_script_lost_works(perf, tmp_path):
+    """Read by perf script (--unwinder perf), exec'd workers of a shared-libpython interpreter
+    may be lost (perf 6.1, about half the runs): the warning then names them and says to read
+    the recording with perftramp's own unwinder, and `report --rescan` (which does) names every
+    process's Python functions, from the same perf.data."""
     program = tmp_path / "workers.py"
     program.write_text(PROGRAM)
     out = tmp_path / "out"
-    proc = cli("record", "-o", str(out), "--", "setarch", platform.machine(), "-R",
-               sys.executable, str(program), cwd=tmp_path, timeout=300)
+    proc = cli("record", "-o", str(out), "--unwinder", "perf", "--", sys.executable, str(program),
+               cwd=tmp_path, timeout=300)
     try:
         assert proc.returncode == 0, proc.stderr
-        rows = summary_rows(proc.stderr)
-        for pid in program_pids(proc.stdout):
+        pids = program_pids(proc.stdout)
+        lost = warned_pids(proc.stderr, "lost")
+        if lost:
+            assert "report without --unwinder perf" in proc.stderr, proc.stderr[-3000:]
+        again = cli("report", "--rescan", str(out))
+        assert again.returncode == 0, again.stderr
+        rows = summary_rows(again.stderr)
+        for pid in pids:
             comm, samples, python, cut, mark = rows[pid]
-            assert samples >= 50 and python >= 80 and not mark, (pid, rows[pid])
-        assert not warned_pids(proc.stderr, "lost"), proc.stderr[-3000:]
+            assert samples >= 50 and python >= 80 and not mark, (pid, rows[pid], lost)
+        assert not warned_pids(again.stderr, "lost"), again.stderr[-3000:]
     finally:
         if (out / "perftramp.json").exists():
             remove_perf_maps(out)
