@@ -14,6 +14,7 @@
 //! - [`elf_image`]: the pure layout of an elf-mode arena image;
 //! - [`jitdump`], [`unwind`]: pure encoders of jitdump records and their DWARF unwind data.
 
+mod analysis;
 pub mod append_file;
 pub mod arch;
 pub mod arena;
@@ -253,6 +254,7 @@ fn _perftramp(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(flamegraph::render_flamegraph, m)?)?;
     m.add_function(wrap_pyfunction!(pprof::encode_pprof, m)?)?;
     m.add_function(wrap_pyfunction!(gecko::encode_gecko, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis::read_perf_data, m)?)?;
     m.add("VALID_MODES", Mode::VALID)?;
     // The one version number: Cargo.toml's, which maturin also gives the wheel and sdist.
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
