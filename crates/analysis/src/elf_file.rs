@@ -39,6 +39,7 @@ pub struct LoadSegment {
     pub vaddr: u64,
     pub offset: u64,
     pub file_size: u64,
+    pub executable: bool,
 }
 
 /// What the unwinder and the symbolizer need from one ELF file.
@@ -53,31 +54,37 @@ pub struct ElfFile {
     pub debug_frame: Option<Section>,
     pub got: Option<Section>,
     pub symbols: SymbolTable,
+    /// Whether `symbols` came from a .symtab (else .dynsym only: look for a debug file).
+    pub has_symtab: bool,
 }
 
-/// The difference between where a mapping is in the process (`start`) and where the file says
-/// the bytes at `pgoff` belong: avma = svma + bias.
+/// The difference between where a mapping is in the process and where the file says its bytes
+/// belong: avma = svma + bias. The mapping `start..start+length` holds file bytes from
+/// `pgoff` (page-aligned, so it can begin before its segment's first byte); the segment it
+/// maps (the executable one among those it overlaps) gives the file-offset-to-svma delta.
 pub fn load_bias(
     segments: &[LoadSegment],
     section_offsets: &[(u64, u64, u64)],
     start: u64,
+    length: u64,
     pgoff: u64,
 ) -> u64 {
-    let containing = segments
+    let file_end = pgoff.saturating_add(length);
+    let overlaps = |offset: u64, size: u64| offset < file_end && pgoff < offset.saturating_add(size.max(1));
+    let segment = segments
         .iter()
-        .find(|s| s.offset <= pgoff && pgoff < s.offset.saturating_add(s.file_size.max(1)));
-    if let Some(segment) = containing {
-        let svma = segment.vaddr.wrapping_add(pgoff - segment.offset);
-        return start.wrapping_sub(svma);
-    }
-    if let Some(&(offset, _, address)) =
-        section_offsets.iter().find(|&&(o, size, _)| o <= pgoff && pgoff < o.saturating_add(size.max(1)))
-    {
-        let svma = address.wrapping_add(pgoff - offset);
-        return start.wrapping_sub(svma);
-    }
-    // No segment or section covers it: take file offsets as addresses.
-    start.wrapping_sub(pgoff)
+        .filter(|s| overlaps(s.offset, s.file_size))
+        .max_by_key(|s| s.executable);
+    // delta = svma - file offset, for the bytes this mapping holds.
+    let delta = match segment {
+        Some(s) => s.vaddr.wrapping_sub(s.offset),
+        None => section_offsets
+            .iter()
+            .find(|&&(offset, size, _)| overlaps(offset, size))
+            .map(|&(offset, _, address)| address.wrapping_sub(offset))
+            .unwrap_or(0), // nothing covers it: take file offsets as addresses
+    };
+    start.wrapping_sub(pgoff).wrapping_sub(delta)
 }
 
 impl ElfFile {
@@ -89,7 +96,8 @@ impl ElfFile {
             .segments()
             .map(|s| {
                 let (offset, file_size) = s.file_range();
-                LoadSegment { vaddr: s.address(), offset, file_size }
+                let executable = matches!(s.flags(), object::SegmentFlags::Elf { p_flags } if p_flags & object::elf::PF_X != 0);
+                LoadSegment { vaddr: s.address(), offset, file_size, executable }
             })
             .collect();
         let mut section_offsets = Vec::new();
@@ -126,13 +134,15 @@ impl ElfFile {
             eh_frame_hdr: section(".eh_frame_hdr"),
             debug_frame: section(".debug_frame"),
             got: section(".got"),
-            symbols: symbols_of(&obj),
+            symbols: SymbolTable::default(),
+            has_symtab: false,
         };
-        Ok((file, identity))
+        let (symbols, has_symtab) = symbols_of(&obj);
+        Ok((ElfFile { symbols, has_symtab, ..file }, identity))
     }
 
-    pub fn bias(&self, start: u64, pgoff: u64) -> u64 {
-        load_bias(&self.segments, &self.section_offsets, start, pgoff)
+    pub fn bias(&self, start: u64, length: u64, pgoff: u64) -> u64 {
+        load_bias(&self.segments, &self.section_offsets, start, length, pgoff)
     }
 }
 
@@ -141,29 +151,94 @@ struct ElfIdentity {
     debuglink: Option<String>,
 }
 
-/// Text symbols of .symtab, else of .dynsym (as perf: a stripped file still names its exports).
-fn symbols_of(obj: &object::File<'_>) -> SymbolTable {
-    let collect = |symbols: &mut dyn Iterator<Item = object::Symbol<'_, '_>>| -> Vec<RawSymbol> {
+/// Text symbols of .symtab, else of .dynsym (as perf: a stripped file still names its
+/// exports), plus `name@plt` for PLT entries (perf synthesizes those too). The bool says
+/// whether a .symtab was found (else a debug file is worth looking for).
+fn symbols_of(obj: &object::File<'_>) -> (SymbolTable, bool) {
+    // perf's choose_best_symbol among aliases at one address: sized, non-weak, global, fewer
+    // leading underscores, longer name; on a tie the first in the table. SymbolTable keeps the
+    // last of equal starts, so sort the preferred one last.
+    let collect = |symbols: &mut dyn Iterator<Item = object::Symbol<'_, '_>>| -> Vec<(RawSymbol, (bool, bool, bool, isize, usize, isize))> {
         symbols
-            .filter(|s| s.kind() == SymbolKind::Text && s.is_definition() && s.address() != 0)
-            .filter_map(|s| {
+            .filter(|s| s.address() != 0 && (is_function(s) || is_code_label(obj, s)))
+            .enumerate()
+            .filter_map(|(index, s)| {
                 let name = s.name().ok()?;
-                (!name.is_empty()).then(|| RawSymbol {
-                    start: s.address(),
-                    size: s.size(),
-                    name: display_name(name),
-                })
+                // Empty names, and aarch64/arm mapping symbols ($x, $d), which perf skips too.
+                if name.is_empty() || name.starts_with('$') {
+                    return None;
+                }
+                let underscores = name.bytes().take_while(|&b| b == b'_').count() as isize;
+                let rank = (s.size() != 0, !s.is_weak(), s.is_global(), -underscores, name.len(), -(index as isize));
+                Some((RawSymbol { start: s.address(), size: s.size(), name: display_name(name) }, rank))
             })
             .collect()
     };
-    let mut raw = collect(&mut obj.symbols());
-    if raw.is_empty() {
-        raw = collect(&mut obj.dynamic_symbols());
+    let mut ranked = collect(&mut obj.symbols());
+    let from_symtab = !ranked.is_empty();
+    if ranked.is_empty() {
+        ranked = collect(&mut obj.dynamic_symbols());
     }
-    // Prefer sized, global names at an address shared by aliases: SymbolTable keeps the last
-    // of equal starts, so put the preferred ones last.
-    raw.sort_by_key(|s| (s.start, s.size != 0, !s.name.starts_with('_')));
-    SymbolTable::new(raw)
+    ranked.sort_by(|a, b| (a.0.start, a.1).cmp(&(b.0.start, b.1)));
+    let mut raw: Vec<RawSymbol> = ranked.into_iter().map(|(s, _)| s).collect();
+    // PLT entries go first among equal starts: a real symbol at the same address wins.
+    let mut plt = plt_symbols(obj);
+    plt.append(&mut raw);
+    (SymbolTable::new_stable(plt), from_symtab)
+}
+
+fn is_function(symbol: &object::Symbol<'_, '_>) -> bool {
+    symbol.kind() == SymbolKind::Text && symbol.is_definition()
+}
+
+/// An untyped symbol in an executable section (`_start` in ld.so's debug file): perf counts
+/// these "labels" as functions.
+fn is_code_label(obj: &object::File<'_>, symbol: &object::Symbol<'_, '_>) -> bool {
+    if symbol.kind() != SymbolKind::Unknown {
+        return false;
+    }
+    let Some(index) = symbol.section_index() else { return false };
+    let Ok(section) = obj.section_by_index(index) else { return false };
+    matches!(section.flags(), object::SectionFlags::Elf { sh_flags } if sh_flags & u64::from(object::elf::SHF_EXECINSTR) != 0)
+}
+
+/// `name@plt` for each PLT entry, in .rela.plt order (x86_64: .plt.sec entries, or .plt
+/// entries after the 16-byte header; aarch64: .plt entries after the 32-byte header).
+fn plt_symbols(obj: &object::File<'_>) -> Vec<RawSymbol> {
+    use object::{Architecture, RelocationFlags, RelocationTarget};
+    let (jump_slot, header) = match obj.architecture() {
+        Architecture::X86_64 => (7u32, 16u64),   // R_X86_64_JUMP_SLOT
+        Architecture::Aarch64 => (1026u32, 32u64), // R_AARCH64_JUMP_SLOT
+        _ => return Vec::new(),
+    };
+    let (section, skip) = match (obj.section_by_name(".plt.sec"), obj.section_by_name(".plt")) {
+        (Some(sec), _) => (sec, 0),
+        (None, Some(plt)) => (plt, header),
+        _ => return Vec::new(),
+    };
+    let Some(relocations) = obj.dynamic_relocations() else { return Vec::new() };
+    let dynsym = obj.dynamic_symbol_table();
+    let mut out = Vec::new();
+    let mut address = section.address() + skip;
+    let end = section.address() + section.size();
+    for (_, relocation) in relocations {
+        if !matches!(relocation.flags(), RelocationFlags::Elf { r_type } if r_type == jump_slot) {
+            continue;
+        }
+        if address + 16 > end {
+            break;
+        }
+        if let (RelocationTarget::Symbol(index), Some(table)) = (relocation.target(), dynsym.as_ref()) {
+            use object::ObjectSymbolTable;
+            if let Some(name) = table.symbol_by_index(index).ok().and_then(|s| s.name().ok().map(str::to_owned)) {
+                if !name.is_empty() {
+                    out.push(RawSymbol { start: address, size: 16, name: Arc::from(format!("{name}@plt")) });
+                }
+            }
+        }
+        address += 16;
+    }
+    out
 }
 
 /// Where separate debug files for `path` may be, most specific first.
@@ -218,15 +293,19 @@ impl ElfCache {
         let data: Arc<[u8]> = std::fs::read(path)
             .map_err(|e| format!("{}: cannot read ({e}); its frames stay unnamed", path.display()))?
             .into();
-        let (mut file, identity) = ElfFile::parse(data, path)?;
+        let (mut file, identity) = ElfFile::parse(data.clone(), path)?;
         // A separate debug file has the full .symtab of a stripped binary (distribution libs).
-        if file.symbols.len() < 2 || identity.debuglink.is_some() {
+        if !file.has_symtab {
             for candidate in debug_file_candidates(path, &identity) {
                 let Ok(bytes) = std::fs::read(&candidate) else { continue };
                 if let Ok(obj) = object::File::parse(&*bytes) {
-                    let symbols = symbols_of(&obj);
-                    if symbols.len() > file.symbols.len() {
-                        file.symbols = symbols;
+                    let (symbols, from_symtab) = symbols_of(&obj);
+                    if from_symtab {
+                        // The debug file has no code: keep the PLT names of the real file.
+                        let mut plt = plt_symbols(&object::File::parse(&*data).map_err(|e| e.to_string())?);
+                        plt.extend(symbols.into_raw());
+                        file.symbols = SymbolTable::new_stable(plt);
+                        file.has_symtab = true;
                         break;
                     }
                 }
@@ -255,31 +334,45 @@ fn read_own_vdso() -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
+    fn segment(vaddr: u64, offset: u64, file_size: u64, executable: bool) -> LoadSegment {
+        LoadSegment { vaddr, offset, file_size, executable }
+    }
+
     #[test]
     fn bias_of_a_shared_library_text_mapping() {
         // A typical libpython: r-- at offset 0, r-x segment at offset 0x6d000 stated at 0x6d000.
-        let segments = [
-            LoadSegment { vaddr: 0, offset: 0, file_size: 0x6c000 },
-            LoadSegment { vaddr: 0x6d000, offset: 0x6d000, file_size: 0x200000 },
-        ];
+        let segments = [segment(0, 0, 0x6c000, false), segment(0x6d000, 0x6d000, 0x200000, true)];
         let start = 0x7f0000000000 + 0x6d000;
-        assert_eq!(load_bias(&segments, &[], start, 0x6d000), 0x7f0000000000);
+        assert_eq!(load_bias(&segments, &[], start, 0x200000, 0x6d000), 0x7f0000000000);
+    }
+
+    #[test]
+    fn bias_when_the_mapping_starts_before_its_segment() {
+        // lld output: r-x segment at file offset 0x2bb68 stated at 0x2cb68; the kernel maps it
+        // from the page-aligned offset 0x2b000, which the r-- segment also covers.
+        let segments = [segment(0, 0, 0x2bb68, false), segment(0x2cb68, 0x2bb68, 0xacee8, true)];
+        let base = 0x7fb9bf2da000u64;
+        let start = 0x7fb9bf306000u64;
+        let bias = load_bias(&segments, &[], start, 0xae000, 0x2b000);
+        // The file's address 0 is where its offset 0 was mapped (the r-- mapping at `base`).
+        assert_eq!(bias, base);
+        // An address's svma: the file offset 0x2b000 + (ip - start), plus the 0x1000 delta.
+        assert_eq!(start + 0x100 - bias, 0x2b100 + 0x1000);
     }
 
     #[test]
     fn bias_when_vaddr_and_offset_differ() {
-        // Executables linked with a gap between file offset and address.
-        let segments = [LoadSegment { vaddr: 0x401000, offset: 0x1000, file_size: 0x5000 }];
-        assert_eq!(load_bias(&segments, &[], 0x401000, 0x1000), 0);
-        assert_eq!(load_bias(&segments, &[], 0x555555555000, 0x1000), 0x555555555000 - 0x401000);
+        let segments = [segment(0x401000, 0x1000, 0x5000, true)];
+        assert_eq!(load_bias(&segments, &[], 0x401000, 0x5000, 0x1000), 0);
+        assert_eq!(load_bias(&segments, &[], 0x555555555000, 0x5000, 0x1000), 0x555555555000 - 0x401000);
     }
 
     #[test]
     fn bias_from_a_section_when_no_segment_covers_the_offset() {
         // perf inject's jitted-*.so: .text at file offset 0x40 stated at 0x40, no PT_LOAD.
         let sections = [(0x40, 0x100, 0x40)];
-        assert_eq!(load_bias(&[], &sections, 0x7f1234560000, 0x40), 0x7f1234560000 - 0x40);
-        assert_eq!(load_bias(&[], &[], 0x5000, 0x1000), 0x4000);
+        assert_eq!(load_bias(&[], &sections, 0x7f1234560000, 0x100, 0x40), 0x7f1234560000 - 0x40);
+        assert_eq!(load_bias(&[], &[], 0x5000, 0x1000, 0x1000), 0x4000);
     }
 
     #[test]

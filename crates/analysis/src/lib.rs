@@ -34,7 +34,9 @@ pub struct Options {
     /// Inline frames from DWARF line info. NOT implemented: frames are always what
     /// `perf script --no-inline` shows (the flag is accepted so callers need not change).
     pub inline: bool,
-    /// Most frames per sample, innermost kept (perf's default `--max-stack` is 127).
+    /// Most user frames unwound per DWARF sample, innermost kept (perf's default
+    /// `--max-stack`, 127, limits the same frames; kernel frames and frame-pointer callchains
+    /// are already bounded by the kernel).
     pub max_frames: usize,
 }
 

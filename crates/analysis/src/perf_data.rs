@@ -213,7 +213,7 @@ impl Reader<'_> {
             (Arc::from(format!("/tmp/perf-{pid}.map")), MappingKind::PerfMap { pid })
         } else if path == "[vdso]" {
             let kind = match self.elf_files.vdso().filter(|_| self.arch == host_arch()) {
-                Some(file) => MappingKind::Elf { bias: file.bias(start, 0), file, module: None },
+                Some(file) => MappingKind::Elf { bias: file.bias(start, length, 0), file, module: None },
                 None => MappingKind::Vdso,
             };
             (Arc::from(path), kind)
@@ -221,7 +221,7 @@ impl Reader<'_> {
             (Arc::from(path), MappingKind::Opaque)
         } else {
             let kind = match self.elf_files.get(Path::new(path)) {
-                Ok(file) => MappingKind::Elf { bias: file.bias(start, pgoff), file, module: None },
+                Ok(file) => MappingKind::Elf { bias: file.bias(start, length, pgoff), file, module: None },
                 Err(why) => {
                     if let Some(why) = why {
                         self.warn(why);
@@ -243,7 +243,6 @@ impl Reader<'_> {
         let mut raw_frames = std::mem::take(&mut self.raw_frames);
         raw_frames.clear();
         self.collect_frames(sample, pid, &mut raw_frames);
-        raw_frames.truncate(self.options.max_frames);
 
         let mut frame_ids = std::mem::take(&mut self.frame_ids);
         frame_ids.clear();
@@ -297,7 +296,8 @@ impl Reader<'_> {
                 let valid = usize::try_from(*dyn_size).unwrap_or(usize::MAX).min(stack.len());
                 let mut unwound = std::mem::take(&mut self.unwound);
                 unwound.clear();
-                let room = self.options.max_frames.saturating_sub(out.len());
+                // perf applies its --max-stack to the unwound user frames, after the kernel's.
+                let room = self.options.max_frames;
                 self.processes.process(pid).unwinder(arch).unwind(&regs, &stack[..valid], room, &mut unwound);
                 out.extend(unwound.iter().map(|f| RawFrame {
                     address: f.address(),

@@ -33,6 +33,13 @@ impl SymbolTable {
     pub fn new(mut raw: Vec<RawSymbol>) -> Self {
         // Stable sort keeps input order among equal starts, so "last wins" is the last of a run.
         raw.sort_by_key(|s| s.start);
+        Self::new_stable(raw)
+    }
+
+    /// As `new`, for input already in the order to keep (stable-sorted by start here, so among
+    /// equal starts the last given still wins).
+    pub fn new_stable(mut raw: Vec<RawSymbol>) -> Self {
+        raw.sort_by_key(|s| s.start);
         let mut deduped: Vec<RawSymbol> = Vec::with_capacity(raw.len());
         for symbol in raw {
             match deduped.last_mut() {
@@ -53,6 +60,14 @@ impl SymbolTable {
             symbols.push(Symbol { start: s.start, end, name: s.name.clone() });
         }
         SymbolTable { symbols }
+    }
+
+    /// The symbols back as unsized-free input (sizes from the computed ends).
+    pub fn into_raw(self) -> Vec<RawSymbol> {
+        self.symbols
+            .into_iter()
+            .map(|s| RawSymbol { start: s.start, size: s.end - s.start, name: s.name })
+            .collect()
     }
 
     pub fn len(&self) -> usize {
