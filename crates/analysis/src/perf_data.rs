@@ -67,7 +67,8 @@ struct Reader<'o> {
 }
 
 pub fn read(path: &Path, options: &Options) -> Result<Recording, AnalysisError> {
-    let file = File::open(path).map_err(|source| AnalysisError::Io { path: path.into(), source })?;
+    let mut file = File::open(path).map_err(|source| AnalysisError::Io { path: path.into(), source })?;
+    check_magic(path, &mut file)?;
     let reader = BufReader::with_capacity(1 << 20, file);
     let PerfFileReader { mut perf_file, mut record_iter } =
         PerfFileReader::parse_file(reader).map_err(|e| header_error(path, e))?;
@@ -124,6 +125,29 @@ pub fn read(path: &Path, options: &Options) -> Result<Recording, AnalysisError> 
         }
     }
     Ok(state.finish())
+}
+
+/// Says "not a perf.data file" before the parser reads sizes out of arbitrary bytes.
+fn check_magic(path: &Path, file: &mut File) -> Result<(), AnalysisError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut magic = [0u8; 8];
+    let io = |source| AnalysisError::Io { path: path.into(), source };
+    let mut read = 0;
+    while read < magic.len() {
+        match file.read(&mut magic[read..]).map_err(io)? {
+            0 => break,
+            n => read += n,
+        }
+    }
+    if read < magic.len() || !(&magic == b"PERFILE2" || &magic == b"2ELIFREP") {
+        let start = String::from_utf8_lossy(&magic[..read]).into_owned();
+        return Err(AnalysisError::NotPerfData {
+            path: path.into(),
+            detail: format!("it starts with {start:?}, not PERFILE2"),
+        });
+    }
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    Ok(())
 }
 
 fn host_arch() -> Option<Arch> {
