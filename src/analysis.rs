@@ -16,10 +16,15 @@ use perftramp_analysis::{read_recording, AnalysisError, Options, Recording};
 /// `filename`) when the file cannot be read, ValueError when it is not a usable perf.data file.
 #[pyfunction]
 #[pyo3(signature = (path, inline=false))]
-pub fn read_perf_data<'py>(py: Python<'py>, path: &str, inline: bool) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyDict>)> {
+pub fn read_perf_data<'py>(
+    py: Python<'py>,
+    path: &str,
+    inline: bool,
+) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyDict>)> {
     let options = Options { inline, ..Options::default() };
     let owned_path = std::path::PathBuf::from(path);
-    let recording = py.detach(move || read_recording(&owned_path, &options)).map_err(analysis_error)?;
+    let recording =
+        py.detach(move || read_recording(&owned_path, &options)).map_err(analysis_error)?;
     to_python(py, recording)
 }
 
@@ -34,7 +39,10 @@ fn analysis_error(error: AnalysisError) -> PyErr {
     }
 }
 
-fn to_python(py: Python<'_>, recording: Recording) -> PyResult<(Bound<'_, PyList>, Bound<'_, PyDict>)> {
+fn to_python(
+    py: Python<'_>,
+    recording: Recording,
+) -> PyResult<(Bound<'_, PyList>, Bound<'_, PyDict>)> {
     let stacks = PyList::empty(py);
     for stack in recording.stacks {
         let frames = PyList::empty(py);

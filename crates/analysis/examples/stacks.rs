@@ -19,7 +19,8 @@ fn main() {
     };
     let elapsed = started.elapsed();
     for stack in &recording.stacks {
-        let frames: Vec<String> = stack.frames.iter().map(|f| format!("{} ({})", f.symbol, f.dso)).collect();
+        let frames: Vec<String> =
+            stack.frames.iter().map(|f| format!("{} ({})", f.symbol, f.dso)).collect();
         println!("{} {} {};{}", stack.count, stack.pid, stack.comm, frames.join(";"));
     }
     for (pid, summary) in &recording.per_process {

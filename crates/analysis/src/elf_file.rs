@@ -70,11 +70,10 @@ pub fn load_bias(
     pgoff: u64,
 ) -> u64 {
     let file_end = pgoff.saturating_add(length);
-    let overlaps = |offset: u64, size: u64| offset < file_end && pgoff < offset.saturating_add(size.max(1));
-    let segment = segments
-        .iter()
-        .filter(|s| overlaps(s.offset, s.file_size))
-        .max_by_key(|s| s.executable);
+    let overlaps =
+        |offset: u64, size: u64| offset < file_end && pgoff < offset.saturating_add(size.max(1));
+    let segment =
+        segments.iter().filter(|s| overlaps(s.offset, s.file_size)).max_by_key(|s| s.executable);
     // delta = svma - file offset, for the bytes this mapping holds.
     let delta = match segment {
         Some(s) => s.vaddr.wrapping_sub(s.offset),
@@ -91,7 +90,8 @@ impl ElfFile {
     /// Parses `data` (the file's bytes); `debug_symbols` replaces this file's own symbols when
     /// a separate debug file had some.
     fn parse(data: Arc<[u8]>, path: &Path) -> Result<(Self, ElfIdentity), String> {
-        let obj = object::File::parse(&*data).map_err(|e| format!("{}: not ELF: {e}", path.display()))?;
+        let obj =
+            object::File::parse(&*data).map_err(|e| format!("{}: not ELF: {e}", path.display()))?;
         let segments = obj
             .segments()
             .map(|s| {
@@ -151,6 +151,10 @@ struct ElfIdentity {
     debuglink: Option<String>,
 }
 
+/// How perf ranks aliases (higher wins): sized, non-weak, global, -leading underscores, name
+/// length, -index in the table.
+type AliasRank = (bool, bool, bool, isize, usize, isize);
+
 /// Text symbols of .symtab, else of .dynsym (as perf: a stripped file still names its
 /// exports), plus `name@plt` for PLT entries (perf synthesizes those too). The bool says
 /// whether a .symtab was found (else a debug file is worth looking for).
@@ -158,28 +162,39 @@ fn symbols_of(obj: &object::File<'_>) -> (SymbolTable, bool) {
     // perf's choose_best_symbol among aliases at one address: sized, non-weak, global, fewer
     // leading underscores, longer name; on a tie the first in the table. SymbolTable keeps the
     // last of equal starts, so sort the preferred one last.
-    let collect = |symbols: &mut dyn Iterator<Item = object::Symbol<'_, '_>>| -> Vec<(RawSymbol, (bool, bool, bool, isize, usize, isize))> {
-        symbols
-            .filter(|s| s.address() != 0 && (is_function(s) || is_code_label(obj, s)))
-            .enumerate()
-            .filter_map(|(index, s)| {
-                let name = s.name().ok()?;
-                // Empty names, and aarch64/arm mapping symbols ($x, $d), which perf skips too.
-                if name.is_empty() || name.starts_with('$') {
-                    return None;
-                }
-                let underscores = name.bytes().take_while(|&b| b == b'_').count() as isize;
-                let rank = (s.size() != 0, !s.is_weak(), s.is_global(), -underscores, name.len(), -(index as isize));
-                Some((RawSymbol { start: s.address(), size: s.size(), name: display_name(name) }, rank))
-            })
-            .collect()
-    };
+    let collect =
+        |symbols: &mut dyn Iterator<Item = object::Symbol<'_, '_>>| -> Vec<(RawSymbol, AliasRank)> {
+            symbols
+                .filter(|s| s.address() != 0 && (is_function(s) || is_code_label(obj, s)))
+                .enumerate()
+                .filter_map(|(index, s)| {
+                    let name = s.name().ok()?;
+                    // Empty names, and aarch64/arm mapping symbols ($x, $d), which perf skips too.
+                    if name.is_empty() || name.starts_with('$') {
+                        return None;
+                    }
+                    let underscores = name.bytes().take_while(|&b| b == b'_').count() as isize;
+                    let rank = (
+                        s.size() != 0,
+                        !s.is_weak(),
+                        s.is_global(),
+                        -underscores,
+                        name.len(),
+                        -(index as isize),
+                    );
+                    Some((
+                        RawSymbol { start: s.address(), size: s.size(), name: display_name(name) },
+                        rank,
+                    ))
+                })
+                .collect()
+        };
     let mut ranked = collect(&mut obj.symbols());
     let from_symtab = !ranked.is_empty();
     if ranked.is_empty() {
         ranked = collect(&mut obj.dynamic_symbols());
     }
-    ranked.sort_by(|a, b| (a.0.start, a.1).cmp(&(b.0.start, b.1)));
+    ranked.sort_by_key(|a| (a.0.start, a.1));
     let mut raw: Vec<RawSymbol> = ranked.into_iter().map(|(s, _)| s).collect();
     // PLT entries go first among equal starts: a real symbol at the same address wins.
     let mut plt = plt_symbols(obj);
@@ -207,7 +222,7 @@ fn is_code_label(obj: &object::File<'_>, symbol: &object::Symbol<'_, '_>) -> boo
 fn plt_symbols(obj: &object::File<'_>) -> Vec<RawSymbol> {
     use object::{Architecture, RelocationFlags, RelocationTarget};
     let (jump_slot, header) = match obj.architecture() {
-        Architecture::X86_64 => (7u32, 16u64),   // R_X86_64_JUMP_SLOT
+        Architecture::X86_64 => (7u32, 16u64), // R_X86_64_JUMP_SLOT
         Architecture::Aarch64 => (1026u32, 32u64), // R_AARCH64_JUMP_SLOT
         _ => return Vec::new(),
     };
@@ -228,11 +243,19 @@ fn plt_symbols(obj: &object::File<'_>) -> Vec<RawSymbol> {
         if address + 16 > end {
             break;
         }
-        if let (RelocationTarget::Symbol(index), Some(table)) = (relocation.target(), dynsym.as_ref()) {
+        if let (RelocationTarget::Symbol(index), Some(table)) =
+            (relocation.target(), dynsym.as_ref())
+        {
             use object::ObjectSymbolTable;
-            if let Some(name) = table.symbol_by_index(index).ok().and_then(|s| s.name().ok().map(str::to_owned)) {
+            if let Some(name) =
+                table.symbol_by_index(index).ok().and_then(|s| s.name().ok().map(str::to_owned))
+            {
                 if !name.is_empty() {
-                    out.push(RawSymbol { start: address, size: 16, name: Arc::from(format!("{name}@plt")) });
+                    out.push(RawSymbol {
+                        start: address,
+                        size: 16,
+                        name: Arc::from(format!("{name}@plt")),
+                    });
                 }
             }
         }
@@ -246,7 +269,11 @@ fn debug_file_candidates(path: &Path, identity: &ElfIdentity) -> Vec<PathBuf> {
     let mut candidates = Vec::new();
     if let Some(id) = identity.build_id.as_deref().filter(|id| id.len() >= 2) {
         let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
-        candidates.push(PathBuf::from(format!("/usr/lib/debug/.build-id/{}/{}.debug", &hex[..2], &hex[2..])));
+        candidates.push(PathBuf::from(format!(
+            "/usr/lib/debug/.build-id/{}/{}.debug",
+            &hex[..2],
+            &hex[2..]
+        )));
     }
     if let Some(link) = identity.debuglink.as_deref() {
         let dir = path.parent().unwrap_or(Path::new("/"));
@@ -282,11 +309,12 @@ impl ElfCache {
 
     /// This machine's vDSO, read from this process's memory (/proc/self/maps and mem).
     pub fn vdso(&mut self) -> Option<Arc<ElfFile>> {
-        self.vdso.get_or_insert_with(|| {
-            let data: Arc<[u8]> = read_own_vdso()?.into();
-            ElfFile::parse(data, Path::new("[vdso]")).ok().map(|(file, _)| Arc::new(file))
-        })
-        .clone()
+        self.vdso
+            .get_or_insert_with(|| {
+                let data: Arc<[u8]> = read_own_vdso()?.into();
+                ElfFile::parse(data, Path::new("[vdso]")).ok().map(|(file, _)| Arc::new(file))
+            })
+            .clone()
     }
 
     fn load(path: &Path) -> Result<Arc<ElfFile>, String> {
@@ -302,7 +330,8 @@ impl ElfCache {
                     let (symbols, from_symtab) = symbols_of(&obj);
                     if from_symtab {
                         // The debug file has no code: keep the PLT names of the real file.
-                        let mut plt = plt_symbols(&object::File::parse(&*data).map_err(|e| e.to_string())?);
+                        let mut plt =
+                            plt_symbols(&object::File::parse(&*data).map_err(|e| e.to_string())?);
                         plt.extend(symbols.into_raw());
                         file.symbols = SymbolTable::new_stable(plt);
                         file.has_symtab = true;
@@ -364,7 +393,10 @@ mod tests {
     fn bias_when_vaddr_and_offset_differ() {
         let segments = [segment(0x401000, 0x1000, 0x5000, true)];
         assert_eq!(load_bias(&segments, &[], 0x401000, 0x5000, 0x1000), 0);
-        assert_eq!(load_bias(&segments, &[], 0x555555555000, 0x5000, 0x1000), 0x555555555000 - 0x401000);
+        assert_eq!(
+            load_bias(&segments, &[], 0x555555555000, 0x5000, 0x1000),
+            0x555555555000 - 0x401000
+        );
     }
 
     #[test]
@@ -377,7 +409,10 @@ mod tests {
 
     #[test]
     fn debug_candidates_by_build_id_and_debuglink() {
-        let identity = ElfIdentity { build_id: Some(vec![0xab, 0xcd, 0xef]), debuglink: Some("libx.so.debug".into()) };
+        let identity = ElfIdentity {
+            build_id: Some(vec![0xab, 0xcd, 0xef]),
+            debuglink: Some("libx.so.debug".into()),
+        };
         let candidates = debug_file_candidates(Path::new("/usr/lib/libx.so"), &identity);
         assert_eq!(candidates[0], PathBuf::from("/usr/lib/debug/.build-id/ab/cdef.debug"));
         assert_eq!(candidates[1], PathBuf::from("/usr/lib/debug/usr/lib/libx.so.debug"));

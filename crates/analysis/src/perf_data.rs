@@ -67,7 +67,8 @@ struct Reader<'o> {
 }
 
 pub fn read(path: &Path, options: &Options) -> Result<Recording, AnalysisError> {
-    let mut file = File::open(path).map_err(|source| AnalysisError::Io { path: path.into(), source })?;
+    let mut file =
+        File::open(path).map_err(|source| AnalysisError::Io { path: path.into(), source })?;
     check_magic(path, &mut file)?;
     let reader = BufReader::with_capacity(1 << 20, file);
     let PerfFileReader { mut perf_file, mut record_iter } =
@@ -121,7 +122,9 @@ pub fn read(path: &Path, options: &Options) -> Result<Recording, AnalysisError> 
         }
         match record.parse() {
             Ok(event) => state.handle(event),
-            Err(e) => state.warn(format!("skipped a malformed {:?} record: {e}", record.record_type)),
+            Err(e) => {
+                state.warn(format!("skipped a malformed {:?} record: {e}", record.record_type))
+            }
         }
     }
     Ok(state.finish())
@@ -190,7 +193,9 @@ impl Reader<'_> {
     }
 
     fn read_u64(&self, bytes: &[u8]) -> u64 {
-        let Some(first) = bytes.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else { return 0 };
+        let Some(first) = bytes.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
+            return 0;
+        };
         match self.endian {
             Endianness::LittleEndian => u64::from_le_bytes(first),
             Endianness::BigEndian => u64::from_be_bytes(first),
@@ -201,24 +206,26 @@ impl Reader<'_> {
         match event {
             EventRecord::Sample(sample) => self.sample(&sample),
             EventRecord::Comm(comm) => {
-                let name: Arc<str> = Arc::from(String::from_utf8_lossy(&comm.name.as_slice()).as_ref());
+                let name: Arc<str> =
+                    Arc::from(String::from_utf8_lossy(&comm.name.as_slice()).as_ref());
                 if comm.tid == comm.pid || !self.per_process.contains_key(&comm.pid) {
                     self.per_process.entry(comm.pid).or_default().comm = name.to_string();
                 }
                 self.processes.comm(comm.pid, comm.tid, name, comm.is_execve);
             }
-            EventRecord::Fork(fork) => self.processes.fork(fork.pid, fork.ppid, fork.tid, fork.ptid),
-            EventRecord::Mmap(mmap) => {
-                if mmap.is_executable && mmap.cpu_mode != CpuMode::Kernel {
-                    let path = String::from_utf8_lossy(&mmap.path.as_slice()).into_owned();
-                    self.map(mmap.pid, mmap.address, mmap.length, mmap.page_offset, &path);
-                }
+            EventRecord::Fork(fork) => {
+                self.processes.fork(fork.pid, fork.ppid, fork.tid, fork.ptid)
             }
-            EventRecord::Mmap2(mmap) => {
-                if mmap.protection & PROT_EXEC != 0 && mmap.cpu_mode != CpuMode::Kernel {
-                    let path = String::from_utf8_lossy(&mmap.path.as_slice()).into_owned();
-                    self.map(mmap.pid, mmap.address, mmap.length, mmap.page_offset, &path);
-                }
+            // Executable user-space mappings only (kernel ones are named from kallsyms).
+            EventRecord::Mmap(mmap) if mmap.is_executable && mmap.cpu_mode != CpuMode::Kernel => {
+                let path = String::from_utf8_lossy(&mmap.path.as_slice()).into_owned();
+                self.map(mmap.pid, mmap.address, mmap.length, mmap.page_offset, &path);
+            }
+            EventRecord::Mmap2(mmap)
+                if mmap.protection & PROT_EXEC != 0 && mmap.cpu_mode != CpuMode::Kernel =>
+            {
+                let path = String::from_utf8_lossy(&mmap.path.as_slice()).into_owned();
+                self.map(mmap.pid, mmap.address, mmap.length, mmap.page_offset, &path);
             }
             EventRecord::Lost(lost) => self.lost_events += lost.count,
             _ => {}
@@ -237,7 +244,9 @@ impl Reader<'_> {
             (Arc::from(format!("/tmp/perf-{pid}.map")), MappingKind::PerfMap { pid })
         } else if path == "[vdso]" {
             let kind = match self.elf_files.vdso().filter(|_| self.arch == host_arch()) {
-                Some(file) => MappingKind::Elf { bias: file.bias(start, length, 0), file, module: None },
+                Some(file) => {
+                    MappingKind::Elf { bias: file.bias(start, length, 0), file, module: None }
+                }
                 None => MappingKind::Vdso,
             };
             (Arc::from(path), kind)
@@ -245,7 +254,9 @@ impl Reader<'_> {
             (Arc::from(path), MappingKind::Opaque)
         } else {
             let kind = match self.elf_files.get(Path::new(path)) {
-                Ok(file) => MappingKind::Elf { bias: file.bias(start, length, pgoff), file, module: None },
+                Ok(file) => {
+                    MappingKind::Elf { bias: file.bias(start, length, pgoff), file, module: None }
+                }
                 Err(why) => {
                     if let Some(why) = why {
                         self.warn(why);
@@ -274,7 +285,12 @@ impl Reader<'_> {
             let ids = self.name_frame(pid, frame);
             frame_ids.push(ids);
         }
-        let comm = match self.processes.thread_comm.get(&tid).or_else(|| self.processes.thread_comm.get(&pid)) {
+        let comm = match self
+            .processes
+            .thread_comm
+            .get(&tid)
+            .or_else(|| self.processes.thread_comm.get(&pid))
+        {
             Some(name) => self.counts.names.intern(&name.clone()),
             None => self.counts.names.intern_str(&format!(":{tid}")),
         };
@@ -311,7 +327,8 @@ impl Reader<'_> {
         }
 
         // User frames: unwound from the stack copy (DWARF mode), else the callchain (fp).
-        if let (Some(arch), Some(regs), Some((stack, dyn_size))) = (self.arch, &sample.user_regs, &sample.user_stack)
+        if let (Some(arch), Some(regs), Some((stack, dyn_size))) =
+            (self.arch, &sample.user_regs, &sample.user_stack)
         {
             let (ip, sp, fp, lr) = arch.perf_regs();
             if let (Some(ip), Some(sp), Some(fp)) = (regs.get(ip), regs.get(sp), regs.get(fp)) {
@@ -322,7 +339,12 @@ impl Reader<'_> {
                 unwound.clear();
                 // perf applies its --max-stack to the unwound user frames, after the kernel's.
                 let room = self.options.max_frames;
-                self.processes.process(pid).unwinder(arch).unwind(&regs, &stack[..valid], room, &mut unwound);
+                self.processes.process(pid).unwinder(arch).unwind(
+                    &regs,
+                    &stack[..valid],
+                    room,
+                    &mut unwound,
+                );
                 out.extend(unwound.iter().map(|f| RawFrame {
                     address: f.address(),
                     kernel: false,
@@ -357,7 +379,8 @@ impl Reader<'_> {
             };
             return (symbol, self.counts.names.intern(&dso));
         }
-        let Some(mapping) = self.processes.processes.get(&pid).and_then(|p| p.mapping_at(address)) else {
+        let Some(mapping) = self.processes.processes.get(&pid).and_then(|p| p.mapping_at(address))
+        else {
             let unknown = self.counts.names.intern_str(UNKNOWN);
             return (unknown, unknown);
         };
@@ -370,7 +393,11 @@ impl Reader<'_> {
                 let map_pid = *map_pid;
                 let table = self.perf_maps.entry(map_pid).or_insert_with(|| {
                     let path = format!("/tmp/perf-{map_pid}.map");
-                    Arc::new(std::fs::read_to_string(path).map(|t| parse_perf_map(&t)).unwrap_or_default())
+                    Arc::new(
+                        std::fs::read_to_string(path)
+                            .map(|t| parse_perf_map(&t))
+                            .unwrap_or_default(),
+                    )
                 });
                 table.lookup(address).map(|s| s.name.clone())
             }
@@ -397,7 +424,10 @@ impl Reader<'_> {
                 frames: frames
                     .iter()
                     .rev()
-                    .map(|&(symbol, dso)| Frame { symbol: names.get(symbol).to_owned(), dso: names.get(dso).to_owned() })
+                    .map(|&(symbol, dso)| Frame {
+                        symbol: names.get(symbol).to_owned(),
+                        dso: names.get(dso).to_owned(),
+                    })
                     .collect(),
                 count,
             })

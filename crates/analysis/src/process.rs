@@ -112,7 +112,9 @@ impl Process {
                     let Mapping { start, end, dso, kind, .. } = m;
                     match kind {
                         MappingKind::Elf { file, bias, module } => Some(
-                            module.get_or_insert_with(|| module_for(dso, file, *start, *end, *bias)).clone(),
+                            module
+                                .get_or_insert_with(|| module_for(dso, file, *start, *end, *bias))
+                                .clone(),
                         ),
                         _ => None,
                     }

@@ -30,14 +30,12 @@ pub struct RawSymbol {
 impl SymbolTable {
     /// Builds the table. For several symbols at one address the LAST one given wins (perf maps
     /// are appended to; a later line for an address replaces the earlier one).
-    pub fn new(mut raw: Vec<RawSymbol>) -> Self {
-        // Stable sort keeps input order among equal starts, so "last wins" is the last of a run.
-        raw.sort_by_key(|s| s.start);
+    pub fn new(raw: Vec<RawSymbol>) -> Self {
         Self::new_stable(raw)
     }
 
-    /// As `new`, for input already in the order to keep (stable-sorted by start here, so among
-    /// equal starts the last given still wins).
+    /// As `new`: the sort by start is stable, so among equal starts the last given wins
+    /// (callers order aliases so the preferred one is last).
     pub fn new_stable(mut raw: Vec<RawSymbol>) -> Self {
         raw.sort_by_key(|s| s.start);
         let mut deduped: Vec<RawSymbol> = Vec::with_capacity(raw.len());
@@ -92,7 +90,8 @@ pub fn parse_perf_map(text: &str) -> SymbolTable {
     let mut raw = Vec::new();
     for line in text.lines() {
         let mut parts = line.splitn(3, ' ');
-        let (Some(start), Some(size), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(start), Some(size), Some(name)) = (parts.next(), parts.next(), parts.next())
+        else {
             continue;
         };
         let (Some(start), Some(size)) = (parse_hex(start), parse_hex(size)) else {
@@ -130,7 +129,8 @@ impl KernelSymbols {
         let mut module_of = std::collections::HashMap::new();
         for line in text.lines() {
             let mut parts = line.split_whitespace();
-            let (Some(address), Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next())
+            let (Some(address), Some(kind), Some(name)) =
+                (parts.next(), parts.next(), parts.next())
             else {
                 continue;
             };

@@ -84,7 +84,13 @@ impl ProcessUnwinder {
     /// frame addresses innermost first: the ip as is, return addresses as they are on the
     /// stack (callers subtract 1 to look them up). Stops at `max_frames`, at the end of the
     /// stack, or where unwinding fails (frames found so far are kept, as perf does).
-    pub fn unwind(&mut self, regs: &UserRegs, stack: &[u8], max_frames: usize, out: &mut Vec<FrameAddress>) {
+    pub fn unwind(
+        &mut self,
+        regs: &UserRegs,
+        stack: &[u8],
+        max_frames: usize,
+        out: &mut Vec<FrameAddress>,
+    ) {
         let sp = regs.sp;
         let mut read_stack = |address: u64| -> Result<u64, ()> {
             let offset = usize::try_from(address.checked_sub(sp).ok_or(())?).map_err(|_| ())?;
@@ -104,8 +110,12 @@ impl ProcessUnwinder {
             }
             ProcessUnwinder::Aarch64(unwinder, cache) => {
                 let mask = PtrAuthMask::from_max_known_address(unwinder.max_known_code_address());
-                let start =
-                    UnwindRegsAarch64::new_with_ptr_auth_mask(mask, regs.lr.unwrap_or(0), regs.sp, regs.fp);
+                let start = UnwindRegsAarch64::new_with_ptr_auth_mask(
+                    mask,
+                    regs.lr.unwrap_or(0),
+                    regs.sp,
+                    regs.fp,
+                );
                 let mut frames = unwinder.iter_frames(regs.ip, start, cache, &mut read_stack);
                 while out.len() < max_frames {
                     match frames.next() {
@@ -137,7 +147,9 @@ mod tests {
         // return address). Stack at 0x1000: bp0 at 0x1010 -> (0x1020, ret 0x4444), bp1 at
         // 0x1020 -> (0, ret 0x5555).
         let mut stack = vec![0u8; 0x40];
-        let put = |stack: &mut Vec<u8>, at: usize, v: u64| stack[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        let put = |stack: &mut Vec<u8>, at: usize, v: u64| {
+            stack[at..at + 8].copy_from_slice(&v.to_le_bytes())
+        };
         put(&mut stack, 0x10, 0x1020);
         put(&mut stack, 0x18, 0x4444);
         put(&mut stack, 0x20, 0);
