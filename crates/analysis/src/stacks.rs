@@ -2,23 +2,73 @@
 //! counted, so memory grows with the number of distinct stacks, not of samples.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
+
+/// The Fx hash (rustc's): the keys here are our own strings, addresses and ids, not
+/// attacker-chosen, and SipHash was a visible share of the reading time.
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+        for &byte in chunks.remainder() {
+            self.write_u64(u64::from(byte));
+        }
+    }
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_u32(&mut self, value: u32) {
+        self.write_u64(u64::from(value));
+    }
+    fn write_usize(&mut self, value: usize) {
+        self.write_u64(value as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub type FxBuild = BuildHasherDefault<FxHasher>;
 
 /// Strings by id and ids by string.
 #[derive(Default)]
 pub struct Interner {
-    ids: HashMap<Arc<str>, u32>,
-    strings: Vec<Arc<str>>,
+    ids: HashMap<Arc<str>, u32, FxBuild>,
+    /// Ids by the address of a shared string (symbol tables hand out the same Arc for every
+    /// hit): one pointer hash instead of hashing the text. The Arc is kept in `kept`, so
+    /// the address cannot be reused while it is here.
+    by_address: HashMap<usize, u32, FxBuild>,
+    /// Every Arc looked up by address, kept alive for that reason.
+    kept: Vec<Arc<str>>,
+    /// The string of each id.
+    names: Vec<Arc<str>>,
 }
 
 impl Interner {
     pub fn intern(&mut self, text: &Arc<str>) -> u32 {
-        if let Some(&id) = self.ids.get(text) {
+        let address = Arc::as_ptr(text) as *const u8 as usize;
+        if let Some(&id) = self.by_address.get(&address) {
             return id;
         }
-        let id = u32::try_from(self.strings.len()).unwrap_or(u32::MAX);
-        self.strings.push(text.clone());
-        self.ids.insert(text.clone(), id);
+        let id = match self.ids.get(text) {
+            Some(&id) => id,
+            None => {
+                let id = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+                self.names.push(text.clone());
+                self.ids.insert(text.clone(), id);
+                id
+            }
+        };
+        self.kept.push(text.clone()); // keeps `address` alive
+        self.by_address.insert(address, id);
         id
     }
 
@@ -30,7 +80,7 @@ impl Interner {
     }
 
     pub fn get(&self, id: u32) -> &str {
-        self.strings.get(id as usize).map(|s| &**s).unwrap_or("[unknown]")
+        self.names.get(id as usize).map(|s| &**s).unwrap_or("[unknown]")
     }
 }
 
@@ -49,7 +99,7 @@ struct StackKey {
 #[derive(Default)]
 pub struct StackCounts {
     pub names: Interner,
-    counts: HashMap<StackKey, u64>,
+    counts: HashMap<StackKey, u64, FxBuild>,
 }
 
 impl StackCounts {

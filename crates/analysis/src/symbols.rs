@@ -112,11 +112,23 @@ fn parse_hex(text: &str) -> Option<u64> {
 
 /// The kernel's text symbols: the core kernel's (dso `[kernel.kallsyms]`) and each module's
 /// (dso `[module]`, as perf names them).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct KernelSymbols {
     table: SymbolTable,
     /// The dso of each symbol of `table`, by start address (modules only; others are core).
     module_of: std::collections::HashMap<u64, Arc<str>>,
+    /// `[kernel.kallsyms]`, one shared string (the interner knows it by address).
+    kernel_dso: Arc<str>,
+}
+
+impl Default for KernelSymbols {
+    fn default() -> Self {
+        KernelSymbols {
+            table: SymbolTable::default(),
+            module_of: Default::default(),
+            kernel_dso: Arc::from(KERNEL_DSO),
+        }
+    }
 }
 
 pub const KERNEL_DSO: &str = "[kernel.kallsyms]";
@@ -149,7 +161,7 @@ impl KernelSymbols {
             }
             raw.push(RawSymbol { start, size: 0, name: Arc::from(name) });
         }
-        KernelSymbols { table: SymbolTable::new(raw), module_of }
+        KernelSymbols { table: SymbolTable::new(raw), module_of, kernel_dso: Arc::from(KERNEL_DSO) }
     }
 
     /// Reads /proc/kallsyms; empty when it cannot be read.
@@ -166,9 +178,9 @@ impl KernelSymbols {
         match self.table.lookup(address) {
             Some(symbol) => {
                 let dso = self.module_of.get(&symbol.start).cloned();
-                (Some(symbol.name.clone()), dso.unwrap_or_else(|| Arc::from(KERNEL_DSO)))
+                (Some(symbol.name.clone()), dso.unwrap_or_else(|| self.kernel_dso.clone()))
             }
-            None => (None, Arc::from(KERNEL_DSO)),
+            None => (None, self.kernel_dso.clone()),
         }
     }
 }
