@@ -10,7 +10,7 @@ use perftramp_analysis::{read_recording, AnalysisError, Options, Recording};
 /// Reads a perf.data file: returns `(stacks, info)` where `stacks` is a list of
 /// `(count, pid, comm, [(symbol, dso), ...])` with frames OUTERMOST first (named as
 /// `perf script -F comm,pid,tid,ip,sym,dso --no-inline` names them), and `info` a dict with
-/// `samples`, `lost_events`, `warnings`, `arch` and `processes` (a list of
+/// `samples`, `lost_events`, `lost_chunks` (PERF_RECORD_LOST records, perf's "lost N chunks"), `warnings`, `arch` and `processes` (a list of
 /// `(pid, comm, samples)`). `inline` is accepted but not implemented (frames are never split
 /// into inlined functions). The GIL is released while reading. Raises OSError (with
 /// `filename`) when the file cannot be read, ValueError when it is not a usable perf.data file.
@@ -54,6 +54,7 @@ fn to_python(
     let info = PyDict::new(py);
     info.set_item("samples", recording.samples)?;
     info.set_item("lost_events", recording.lost_events)?;
+    info.set_item("lost_chunks", recording.lost_records)?;
     info.set_item("warnings", recording.warnings)?;
     info.set_item("arch", recording.arch)?;
     let processes = PyList::empty(py);

@@ -24,15 +24,16 @@ HEADER = "# perftramp raw stacks 1"
 _US = "\x1f"
 
 
-def _clean(text: str) -> str:
+def clean(text: str) -> str:
+    """A field without the format's separators (tab, newline, US)."""
     return text.replace("\t", " ").replace("\n", " ").replace(_US, " ")
 
 
 def from_samples(samples: Iterable[RawSample]) -> RawStacks:
     stacks: RawStacks = {}
     for sample in samples:
-        key = (_clean(sample.comm) or "[unknown]", sample.pid if sample.pid is not None else -1,
-               tuple((_clean(s), _clean(d)) for s, d in reversed(sample.frames)))
+        key = (clean(sample.comm) or "[unknown]", sample.pid if sample.pid is not None else -1,
+               tuple((clean(s), clean(d)) for s, d in reversed(sample.frames)))
         stacks[key] = stacks.get(key, 0) + 1
     return stacks
 

@@ -286,6 +286,44 @@ def script_collapse(perf: str, data: Path, *, inline: bool = False) -> Collapsed
     return Collapsed(raw.all_frames_collapsed(stacks), seen[0], pids, lost, stacks)
 
 
+def read_collapse(data: Path) -> Optional[Collapsed]:
+    """Reads `data` with perftramp's own reader (crates/analysis): every sample unwound and
+    named with its own process's mappings, where perf script 6.1 loses the Python frames of
+    exec'd processes (spawn pools, subprocesses). None when it cannot (then perf script):
+    an extension without it, PERFTRAMP_READER=perf-script, or a recording it refuses."""
+    if os.environ.get("PERFTRAMP_READER") == "perf-script":
+        return None
+    try:
+        from ._perftramp import read_perf_data
+    except ImportError:
+        return None
+    started = time.monotonic()
+    try:
+        with Progress(f"reading {data.name}", lambda: "unwinding"):
+            entries, info = read_perf_data(str(data))
+    except ValueError as err:
+        say(f"perftramp's reader cannot read {data} ({err}); using perf script")
+        return None
+    except OSError as err:
+        raise CliError(f"cannot read {data}: {err}") from err
+    stacks: raw.RawStacks = {}
+    for count, pid, comm, frames in entries:
+        key = (raw.clean(comm) or "[unknown]", pid,
+               tuple((raw.clean(symbol), raw.clean(dso)) for symbol, dso in frames))
+        stacks[key] = stacks.get(key, 0) + count
+    for warning in info["warnings"]:
+        say(f"warning: {warning}")
+    lost = int(info["lost_chunks"])
+    if lost:
+        say(f"perf lost {lost:,} chunks of samples while recording: the profile undercounts "
+            f"(perf could not keep up; a lower -F, or bigger buffers: --perf-args='-m 32M')")
+    elapsed = time.monotonic() - started
+    if elapsed > 2:
+        say(f"read {info['samples']:,} samples in {elapsed:.1f} s")
+    pids = {pid for pid, _comm, _samples in info["processes"] if pid >= 0}
+    return Collapsed(raw.all_frames_collapsed(stacks), int(info["samples"]), pids, lost, stacks)
+
+
 # --- outputs -------------------------------------------------------------------------------------
 
 FILTERS = {None: "", True: ".python-only", False: ".no-python"}
@@ -505,7 +543,10 @@ def load_stacks(perf: Optional[str], directory: Path, *, rescan: bool, inline: b
     if meta.get("mode") == "map" and gone:
         say(f"/tmp/perf-{gone[0]}.map is gone: perf can no longer name the Python frames of "
             f"process {gone[0]} (report without --rescan reuses {RAW})")
-    result = script_collapse(perf, source, inline=inline)
+    # Inline frames need perf script (its addr2line); our reader names functions only.
+    result = None if inline else read_collapse(source)
+    if result is None:
+        result = script_collapse(perf, source, inline=inline)
     assert result.stacks is not None
     raw.write_raw(raw_path, result.stacks)
     written = [write_collapsed(directory, result.counts), raw_path]

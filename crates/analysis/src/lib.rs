@@ -82,6 +82,8 @@ pub struct Recording {
     pub samples: u64,
     /// Events the kernel dropped (PERF_RECORD_LOST counts plus PERF_RECORD_LOST_SAMPLES).
     pub lost_events: u64,
+    /// PERF_RECORD_LOST records: what `perf script` reports as "lost N chunks".
+    pub lost_records: u64,
     /// Things that made names or stacks worse (unreadable files, no kallsyms), once each.
     pub warnings: Vec<String>,
     /// (pid, summary) of every process with samples, by pid.

@@ -58,6 +58,7 @@ struct Reader<'o> {
     per_process: HashMap<i32, ProcessSummary>,
     samples: u64,
     lost_events: u64,
+    lost_records: u64,
     warnings: Vec<String>,
     warned: HashSet<String>,
     // Scratch buffers reused by every sample.
@@ -99,6 +100,7 @@ pub fn read(path: &Path, options: &Options) -> Result<Recording, AnalysisError> 
         per_process: HashMap::new(),
         samples: 0,
         lost_events: 0,
+        lost_records: 0,
         warnings: Vec::new(),
         warned: HashSet::new(),
         raw_frames: Vec::new(),
@@ -227,7 +229,10 @@ impl Reader<'_> {
                 let path = String::from_utf8_lossy(&mmap.path.as_slice()).into_owned();
                 self.map(mmap.pid, mmap.address, mmap.length, mmap.page_offset, &path);
             }
-            EventRecord::Lost(lost) => self.lost_events += lost.count,
+            EventRecord::Lost(lost) => {
+                self.lost_events += lost.count;
+                self.lost_records += 1;
+            }
             _ => {}
         }
     }
@@ -439,6 +444,7 @@ impl Reader<'_> {
             stacks,
             samples: self.samples,
             lost_events: self.lost_events,
+            lost_records: self.lost_records,
             warnings: self.warnings,
             per_process,
             arch: self.arch.map(|a| format!("{a:?}").to_lowercase()),
