@@ -8,7 +8,8 @@
 //! - [`sink`]: the one interface every output format implements, and the formats (perf map,
 //!   jitdump, elf-mode arena images) with their pure encoders;
 //! - [`analysis`]: the command line's side, never used by a profiled process: Python bindings
-//!   of drawing and exports (flamegraph, pprof, gecko).
+//!   of the `perftramp-analysis` crate (reading and unwinding perf.data) and of drawing and
+//!   exports (flamegraph, pprof, gecko).
 
 pub mod analysis;
 pub mod arch;
@@ -234,6 +235,7 @@ fn _perftramp(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(diagnostics, m)?)?;
     m.add_function(wrap_pyfunction!(after_fork_in_child, m)?)?;
     m.add_function(wrap_pyfunction!(perf_map_path, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis::perf_data::read_perf_data, m)?)?;
     m.add_function(wrap_pyfunction!(analysis::flamegraph::render_flamegraph, m)?)?;
     m.add_function(wrap_pyfunction!(analysis::pprof::encode_pprof, m)?)?;
     m.add_function(wrap_pyfunction!(analysis::gecko::encode_gecko, m)?)?;

@@ -4,7 +4,7 @@ so `report` redraws without running perf script again).
 
 Format of `stacks.raw`: a first line `# perftramp raw stacks 1`, then one line per distinct
 stack: `count<TAB>pid<TAB>comm<TAB>frame<TAB>frame...`, frames outermost first, each
-`symbol<US>dso` (US = \\x1f). perftramp's names hold no control characters (src/sink/names.rs), so
+`symbol<US>dso` (US = \\x1f). perftramp's names hold no control characters (src/names.rs), so
 neither separator occurs in a field.
 """
 
@@ -25,6 +25,7 @@ _US = "\x1f"
 
 
 def clean(text: str) -> str:
+    """A field without the format's separators (tab, newline, US)."""
     return text.replace("\t", " ").replace("\n", " ").replace(_US, " ")
 
 

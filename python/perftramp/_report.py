@@ -295,10 +295,11 @@ UNWINDERS = ("perftramp", "perf")
 DEFAULT_UNWINDER = "perftramp"
 
 
-def read_collapse(data: Path) -> Collapsed:
-    """Reads `data` with perftramp's own reader: every sample unwound with the mappings of its
-    own process (perf 6's unwinder reuses the first process's libpython address for all), the
-    frames named as `perf script` names them."""
+def read_collapse(data: Path) -> Optional[Collapsed]:
+    """Reads `data` with perftramp's own reader (crates/analysis): every sample unwound with
+    the mappings of its own process (perf 6's unwinder reuses the first process's libpython
+    address for all), the frames named as `perf script` names them. None, said, when the reader
+    refuses the file (an architecture it does not know): perf script reads it then."""
     from ._perftramp import read_perf_data
 
     with Progress(f"reading {data.name}") as progress:
@@ -307,8 +308,8 @@ def read_collapse(data: Path) -> Collapsed:
         except OSError as err:
             raise CliError(f"cannot read {data}: {err.strerror or err}") from None
         except ValueError as err:
-            raise CliError(f"{data}: {err}. perf's own reader may still read it: add "
-                           f"--unwinder perf") from None
+            say(f"perftramp's reader cannot read it ({err}): reading it with perf script")
+            return None
     stacks: raw.RawStacks = {}
     pids: Set[int] = set()
     samples = 0
@@ -551,13 +552,13 @@ def load_stacks(perf: Optional[str], directory: Path, *, rescan: bool, inline: b
     source = data_file(directory)
     gone = [pid for pid in _recorded_pids(meta) if not Path(f"/tmp/perf-{pid}.map").exists()]
     if meta.get("mode") == "map" and gone:
-        say(f"/tmp/perf-{gone[0]}.map is gone: perf can no longer name the Python frames of "
-            f"process {gone[0]} (report without --rescan reuses {RAW})")
-    if by_perf:
-        assert perf is not None
+        say(f"/tmp/perf-{gone[0]}.map is gone: the Python frames of process {gone[0]} can no "
+            f"longer be named (report without --rescan reuses {RAW})")
+    result = None if by_perf else read_collapse(source)
+    if result is None:
+        perf = perf or find_perf()
         result = script_collapse(perf, source, inline=inline)
-    else:
-        result = read_collapse(source)
+        by_perf = True
     assert result.stacks is not None
     raw.write_raw(raw_path, result.stacks)
     written = [write_collapsed(directory, result.counts), raw_path]

@@ -1,0 +1,453 @@
+//! Reading a perf.data file in time order: process state from MMAP/MMAP2/COMM/FORK records,
+//! and each sample's stack (kernel callchain, then user frames from unwinding the stack copy,
+//! the user callchain, or the ip alone), named with its own process's mappings.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use framehop::FrameAddress;
+use linux_perf_data::linux_perf_event_reader::constants::{
+    PERF_CONTEXT_KERNEL, PERF_CONTEXT_MAX, PERF_CONTEXT_USER, PERF_RECORD_LOST_SAMPLES,
+};
+use linux_perf_data::linux_perf_event_reader::{CpuMode, EventRecord, SampleRecord};
+use linux_perf_data::{Endianness, PerfFileReader, PerfFileRecord};
+
+use crate::elf_file::ElfCache;
+use crate::error::AnalysisError;
+use crate::process::{Mapping, MappingKind, ProcessTable};
+use crate::stacks::{FrameIds, StackCounts};
+use crate::symbols::{parse_perf_map, KernelSymbols, SymbolTable};
+use crate::unwind::{Arch, UserRegs};
+use crate::{Frame, Options, ProcessSummary, Recording, Stack};
+
+const UNKNOWN: &str = "[unknown]";
+const PROT_EXEC: u32 = 4;
+
+/// Where a frame address came from: it decides how it is named.
+#[derive(Clone, Copy)]
+struct RawFrame {
+    address: u64,
+    kernel: bool,
+    /// A return address: named by `address - 1` (the call instruction), as perf does.
+    is_return: bool,
+}
+
+impl RawFrame {
+    fn lookup_address(&self) -> u64 {
+        if self.is_return {
+            self.address.saturating_sub(1)
+        } else {
+            self.address
+        }
+    }
+}
+
+/// Everything kept while the records stream by.
+struct Reader<'o> {
+    options: &'o Options,
+    arch: Option<Arch>,
+    endian: Endianness,
+    processes: ProcessTable,
+    elf_files: ElfCache,
+    kernel: Option<KernelSymbols>,
+    perf_maps: HashMap<i32, Arc<SymbolTable>>,
+    counts: StackCounts,
+    per_process: HashMap<i32, ProcessSummary>,
+    samples: u64,
+    lost_events: u64,
+    lost_records: u64,
+    warnings: Vec<String>,
+    warned: HashSet<String>,
+    // Scratch buffers reused by every sample.
+    raw_frames: Vec<RawFrame>,
+    unwound: Vec<FrameAddress>,
+    frame_ids: Vec<FrameIds>,
+}
+
+pub fn read(path: &Path, options: &Options) -> Result<Recording, AnalysisError> {
+    let mut file =
+        File::open(path).map_err(|source| AnalysisError::Io { path: path.into(), source })?;
+    check_magic(path, &mut file)?;
+    let reader = BufReader::with_capacity(1 << 20, file);
+    let PerfFileReader { mut perf_file, mut record_iter } =
+        PerfFileReader::parse_file(reader).map_err(|e| header_error(path, e))?;
+
+    let arch_name = perf_file.arch().ok().flatten().map(str::to_owned);
+    let arch = match arch_name.as_deref() {
+        Some(name) => Arch::from_uname(name),
+        None => host_arch(),
+    };
+    let needs_unwinding = perf_file.event_attributes().iter().any(|a| a.attr.sample_regs_user != 0);
+    if arch.is_none() && needs_unwinding {
+        return Err(AnalysisError::UnsupportedArch {
+            path: path.into(),
+            arch: arch_name.unwrap_or_else(|| "an unknown architecture".into()),
+        });
+    }
+
+    let mut state = Reader {
+        options,
+        arch,
+        endian: perf_file.endian(),
+        processes: ProcessTable::default(),
+        elf_files: ElfCache::default(),
+        kernel: None,
+        perf_maps: HashMap::new(),
+        counts: StackCounts::default(),
+        per_process: HashMap::new(),
+        samples: 0,
+        lost_events: 0,
+        lost_records: 0,
+        warnings: Vec::new(),
+        warned: HashSet::new(),
+        raw_frames: Vec::new(),
+        unwound: Vec::new(),
+        frame_ids: Vec::new(),
+    };
+    if arch_name.is_none() {
+        state.warn("the recording names no architecture; assuming this machine's".into());
+    }
+
+    loop {
+        let record = match record_iter.next_record(&mut perf_file) {
+            Ok(Some(record)) => record,
+            Ok(None) => break,
+            Err(e) => return Err(record_error(path, e)),
+        };
+        let PerfFileRecord::EventRecord { record, .. } = record else { continue };
+        if record.record_type.0 == PERF_RECORD_LOST_SAMPLES {
+            state.lost_events += state.read_u64(&record.data.as_slice());
+            continue;
+        }
+        match record.parse() {
+            Ok(event) => state.handle(event),
+            Err(e) => {
+                state.warn(format!("skipped a malformed {:?} record: {e}", record.record_type))
+            }
+        }
+    }
+    Ok(state.finish())
+}
+
+/// Says "not a perf.data file" before the parser reads sizes out of arbitrary bytes.
+fn check_magic(path: &Path, file: &mut File) -> Result<(), AnalysisError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut magic = [0u8; 8];
+    let io = |source| AnalysisError::Io { path: path.into(), source };
+    let mut read = 0;
+    while read < magic.len() {
+        match file.read(&mut magic[read..]).map_err(io)? {
+            0 => break,
+            n => read += n,
+        }
+    }
+    if read < magic.len() || !(&magic == b"PERFILE2" || &magic == b"2ELIFREP") {
+        let start = String::from_utf8_lossy(&magic[..read]).into_owned();
+        return Err(AnalysisError::NotPerfData {
+            path: path.into(),
+            detail: format!("it starts with {start:?}, not PERFILE2"),
+        });
+    }
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    Ok(())
+}
+
+fn host_arch() -> Option<Arch> {
+    Arch::from_uname(std::env::consts::ARCH)
+}
+
+fn header_error(path: &Path, error: linux_perf_data::Error) -> AnalysisError {
+    use linux_perf_data::Error as E;
+    let path: PathBuf = path.into();
+    match error {
+        E::IoError(source) if source.kind() == std::io::ErrorKind::UnexpectedEof => {
+            AnalysisError::Truncated { path, detail: format!("the header ends early: {source}") }
+        }
+        E::IoError(source) => AnalysisError::Io { path, source },
+        E::UnrecognizedMagicValue(magic) => AnalysisError::NotPerfData {
+            path,
+            detail: format!("it starts with {:?}, not PERFILE2", String::from_utf8_lossy(&magic)),
+        },
+        E::Read(e) => AnalysisError::Truncated { path, detail: e.to_string() },
+        other => AnalysisError::NotPerfData { path, detail: other.to_string() },
+    }
+}
+
+fn record_error(path: &Path, error: linux_perf_data::Error) -> AnalysisError {
+    use linux_perf_data::Error as E;
+    let path: PathBuf = path.into();
+    match error {
+        E::IoError(source) if source.kind() != std::io::ErrorKind::UnexpectedEof => {
+            AnalysisError::Io { path, source }
+        }
+        other => AnalysisError::Truncated { path, detail: other.to_string() },
+    }
+}
+
+impl Reader<'_> {
+    fn warn(&mut self, message: String) {
+        if self.warned.insert(message.clone()) {
+            self.warnings.push(message);
+        }
+    }
+
+    fn read_u64(&self, bytes: &[u8]) -> u64 {
+        let Some(first) = bytes.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
+            return 0;
+        };
+        match self.endian {
+            Endianness::LittleEndian => u64::from_le_bytes(first),
+            Endianness::BigEndian => u64::from_be_bytes(first),
+        }
+    }
+
+    fn handle(&mut self, event: EventRecord<'_>) {
+        match event {
+            EventRecord::Sample(sample) => self.sample(&sample),
+            EventRecord::Comm(comm) => {
+                let name: Arc<str> =
+                    Arc::from(String::from_utf8_lossy(&comm.name.as_slice()).as_ref());
+                if comm.tid == comm.pid || !self.per_process.contains_key(&comm.pid) {
+                    self.per_process.entry(comm.pid).or_default().comm = name.to_string();
+                }
+                self.processes.comm(comm.pid, comm.tid, name, comm.is_execve);
+            }
+            EventRecord::Fork(fork) => {
+                self.processes.fork(fork.pid, fork.ppid, fork.tid, fork.ptid)
+            }
+            // Executable user-space mappings only (kernel ones are named from kallsyms).
+            EventRecord::Mmap(mmap) if mmap.is_executable && mmap.cpu_mode != CpuMode::Kernel => {
+                let path = String::from_utf8_lossy(&mmap.path.as_slice()).into_owned();
+                self.map(mmap.pid, mmap.address, mmap.length, mmap.page_offset, &path);
+            }
+            EventRecord::Mmap2(mmap)
+                if mmap.protection & PROT_EXEC != 0 && mmap.cpu_mode != CpuMode::Kernel =>
+            {
+                let path = String::from_utf8_lossy(&mmap.path.as_slice()).into_owned();
+                self.map(mmap.pid, mmap.address, mmap.length, mmap.page_offset, &path);
+            }
+            EventRecord::Lost(lost) => {
+                self.lost_events += lost.count;
+                self.lost_records += 1;
+            }
+            _ => {}
+        }
+    }
+
+    /// An executable mapping, named as perf names it (map__new): anonymous memory after the
+    /// process's perf map, `[vdso]` and other `[...]` as is, files by their path.
+    fn map(&mut self, pid: i32, start: u64, length: u64, pgoff: u64, path: &str) {
+        let end = start.saturating_add(length);
+        let anonymous = path == "//anon"
+            || path.starts_with("/dev/zero")
+            || path.starts_with("/anon_hugepage")
+            || path.starts_with("[anon:");
+        let (dso, kind): (Arc<str>, MappingKind) = if anonymous {
+            (Arc::from(format!("/tmp/perf-{pid}.map")), MappingKind::PerfMap { pid })
+        } else if path == "[vdso]" {
+            let kind = match self.elf_files.vdso().filter(|_| self.arch == host_arch()) {
+                Some(file) => {
+                    MappingKind::Elf { bias: file.bias(start, length, 0), file, module: None }
+                }
+                None => MappingKind::Vdso,
+            };
+            (Arc::from(path), kind)
+        } else if path.starts_with('[') || path.ends_with(" (deleted)") || !path.starts_with('/') {
+            (Arc::from(path), MappingKind::Opaque)
+        } else {
+            let kind = match self.elf_files.get(Path::new(path)) {
+                Ok(file) => {
+                    MappingKind::Elf { bias: file.bias(start, length, pgoff), file, module: None }
+                }
+                Err(why) => {
+                    if let Some(why) = why {
+                        self.warn(why);
+                    }
+                    MappingKind::Opaque
+                }
+            };
+            (Arc::from(path), kind)
+        };
+        self.processes.process(pid).map(Mapping { start, end, pgoff, dso, kind });
+    }
+
+    fn sample(&mut self, sample: &SampleRecord<'_>) {
+        let pid = sample.pid.unwrap_or(-1);
+        let tid = sample.tid.unwrap_or(pid);
+        self.samples += 1;
+        self.per_process.entry(pid).or_default().samples += 1;
+
+        let mut raw_frames = std::mem::take(&mut self.raw_frames);
+        raw_frames.clear();
+        self.collect_frames(sample, pid, &mut raw_frames);
+
+        let mut frame_ids = std::mem::take(&mut self.frame_ids);
+        frame_ids.clear();
+        for frame in &raw_frames {
+            let ids = self.name_frame(pid, frame);
+            frame_ids.push(ids);
+        }
+        let comm = match self
+            .processes
+            .thread_comm
+            .get(&tid)
+            .or_else(|| self.processes.thread_comm.get(&pid))
+        {
+            Some(name) => self.counts.names.intern(&name.clone()),
+            None => self.counts.names.intern_str(&format!(":{tid}")),
+        };
+        self.counts.add(pid, comm, &frame_ids, 1);
+        self.raw_frames = raw_frames;
+        self.frame_ids = frame_ids;
+    }
+
+    /// The sample's frame addresses, innermost first.
+    fn collect_frames(&mut self, sample: &SampleRecord<'_>, pid: i32, out: &mut Vec<RawFrame>) {
+        let mut user_chain: Vec<u64> = Vec::new();
+        if let Some(chain) = &sample.callchain {
+            let mut context = 0u64;
+            for i in 0..chain.len() {
+                let Some(address) = chain.get(i) else { break };
+                if address >= PERF_CONTEXT_MAX {
+                    context = address;
+                    continue;
+                }
+                match context {
+                    PERF_CONTEXT_KERNEL => {
+                        let is_return = out.last().is_some_and(|f| f.kernel);
+                        out.push(RawFrame { address, kernel: true, is_return });
+                    }
+                    PERF_CONTEXT_USER => user_chain.push(address),
+                    _ => {} // guest and hypervisor contexts are not named
+                }
+            }
+        }
+        if out.is_empty() && sample.cpu_mode == CpuMode::Kernel {
+            if let Some(ip) = sample.ip {
+                out.push(RawFrame { address: ip, kernel: true, is_return: false });
+            }
+        }
+
+        // User frames: unwound from the stack copy (DWARF mode), else the callchain (fp).
+        if let (Some(arch), Some(regs), Some((stack, dyn_size))) =
+            (self.arch, &sample.user_regs, &sample.user_stack)
+        {
+            let (ip, sp, fp, lr) = arch.perf_regs();
+            if let (Some(ip), Some(sp), Some(fp)) = (regs.get(ip), regs.get(sp), regs.get(fp)) {
+                let regs = UserRegs { ip, sp, fp, lr: lr.and_then(|lr| regs.get(lr)) };
+                let stack = stack.as_slice();
+                let valid = usize::try_from(*dyn_size).unwrap_or(usize::MAX).min(stack.len());
+                let mut unwound = std::mem::take(&mut self.unwound);
+                unwound.clear();
+                // perf applies its --max-stack to the unwound user frames, after the kernel's.
+                let room = self.options.max_frames;
+                self.processes.process(pid).unwinder(arch).unwind(
+                    &regs,
+                    &stack[..valid],
+                    room,
+                    &mut unwound,
+                );
+                out.extend(unwound.iter().map(|f| RawFrame {
+                    address: f.address(),
+                    kernel: false,
+                    is_return: matches!(f, FrameAddress::ReturnAddress(_)),
+                }));
+                self.unwound = unwound;
+                return;
+            }
+        }
+        if !user_chain.is_empty() {
+            out.extend(user_chain.iter().enumerate().map(|(i, &address)| RawFrame {
+                address,
+                kernel: false,
+                is_return: i > 0,
+            }));
+        } else if sample.cpu_mode == CpuMode::User {
+            if let Some(ip) = sample.ip {
+                out.push(RawFrame { address: ip, kernel: false, is_return: false });
+            }
+        }
+    }
+
+    /// (symbol, dso) ids of one frame, as perf script names it.
+    fn name_frame(&mut self, pid: i32, frame: &RawFrame) -> FrameIds {
+        let address = frame.lookup_address();
+        if frame.kernel {
+            let kernel = self.kernel.get_or_insert_with(KernelSymbols::load);
+            let (symbol, dso) = kernel.lookup(address);
+            let symbol = match symbol {
+                Some(s) => self.counts.names.intern(&s),
+                None => self.counts.names.intern_str(UNKNOWN),
+            };
+            return (symbol, self.counts.names.intern(&dso));
+        }
+        let Some(mapping) = self.processes.processes.get(&pid).and_then(|p| p.mapping_at(address))
+        else {
+            let unknown = self.counts.names.intern_str(UNKNOWN);
+            return (unknown, unknown);
+        };
+        let dso = mapping.dso.clone();
+        let symbol: Option<Arc<str>> = match &mapping.kind {
+            MappingKind::Elf { file, bias, .. } => {
+                file.symbols.lookup(address.wrapping_sub(*bias)).map(|s| s.name.clone())
+            }
+            MappingKind::PerfMap { pid: map_pid } => {
+                let map_pid = *map_pid;
+                let table = self.perf_maps.entry(map_pid).or_insert_with(|| {
+                    let path = format!("/tmp/perf-{map_pid}.map");
+                    Arc::new(
+                        std::fs::read_to_string(path)
+                            .map(|t| parse_perf_map(&t))
+                            .unwrap_or_default(),
+                    )
+                });
+                table.lookup(address).map(|s| s.name.clone())
+            }
+            MappingKind::Vdso | MappingKind::Opaque => None,
+        };
+        let symbol = match symbol {
+            Some(s) => self.counts.names.intern(&s),
+            None => self.counts.names.intern_str(UNKNOWN),
+        };
+        (symbol, self.counts.names.intern(&dso))
+    }
+
+    fn finish(mut self) -> Recording {
+        if self.kernel.as_ref().is_some_and(KernelSymbols::is_empty) {
+            self.warn("/proc/kallsyms gave no addresses (run as root or lower kernel.kptr_restrict): kernel frames are [unknown]".into());
+        }
+        let names = &self.counts.names;
+        let stacks = self
+            .counts
+            .iter()
+            .map(|(pid, comm, frames, count)| Stack {
+                pid,
+                comm: names.get(comm).to_owned(),
+                frames: frames
+                    .iter()
+                    .rev()
+                    .map(|&(symbol, dso)| Frame {
+                        symbol: names.get(symbol).to_owned(),
+                        dso: names.get(dso).to_owned(),
+                    })
+                    .collect(),
+                count,
+            })
+            .collect();
+        let mut per_process: Vec<(i32, ProcessSummary)> =
+            self.per_process.into_iter().filter(|(_, s)| s.samples > 0).collect();
+        per_process.sort_by_key(|(pid, _)| *pid);
+        Recording {
+            stacks,
+            samples: self.samples,
+            lost_events: self.lost_events,
+            lost_records: self.lost_records,
+            warnings: self.warnings,
+            per_process,
+            arch: self.arch.map(|a| format!("{a:?}").to_lowercase()),
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! `read_perf_data`: perftramp-analysis's reader exposed to Python, so `report` gets each
+//! sample's stack unwound with its own process's mappings instead of running `perf script`.
+
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyTuple};
+
+use perftramp_analysis::{read_recording, AnalysisError, Options, Recording};
+
+/// Reads a perf.data file: returns `(stacks, info)` where `stacks` is a list of
+/// `(count, pid, comm, [(symbol, dso), ...])` with frames OUTERMOST first (named as
+/// `perf script -F comm,pid,tid,ip,sym,dso --no-inline` names them), and `info` a dict with
+/// `samples`, `lost_events`, `lost_chunks` (PERF_RECORD_LOST records, perf's "lost N chunks"), `warnings`, `arch` and `processes` (a list of
+/// `(pid, comm, samples)`). `inline` is accepted but not implemented (frames are never split
+/// into inlined functions). The GIL is released while reading. Raises OSError (with
+/// `filename`) when the file cannot be read, ValueError when it is not a usable perf.data file.
+#[pyfunction]
+#[pyo3(signature = (path, inline=false))]
+pub fn read_perf_data<'py>(
+    py: Python<'py>,
+    path: &str,
+    inline: bool,
+) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyDict>)> {
+    let options = Options { inline, ..Options::default() };
+    let owned_path = std::path::PathBuf::from(path);
+    let recording =
+        py.detach(move || read_recording(&owned_path, &options)).map_err(analysis_error)?;
+    to_python(py, recording)
+}
+
+fn analysis_error(error: AnalysisError) -> PyErr {
+    let message = error.to_string();
+    match error {
+        AnalysisError::Io { path, source } => {
+            let errno = source.raw_os_error().unwrap_or(0);
+            PyOSError::new_err((errno, message, path.as_os_str().to_owned()))
+        }
+        _ => PyValueError::new_err(message),
+    }
+}
+
+fn to_python(
+    py: Python<'_>,
+    recording: Recording,
+) -> PyResult<(Bound<'_, PyList>, Bound<'_, PyDict>)> {
+    let stacks = PyList::empty(py);
+    for stack in recording.stacks {
+        let frames = PyList::empty(py);
+        for frame in stack.frames {
+            frames.append(PyTuple::new(py, [frame.symbol, frame.dso])?)?;
+        }
+        stacks.append((stack.count, stack.pid, stack.comm, frames))?;
+    }
+    let info = PyDict::new(py);
+    info.set_item("samples", recording.samples)?;
+    info.set_item("lost_events", recording.lost_events)?;
+    info.set_item("lost_chunks", recording.lost_records)?;
+    info.set_item("warnings", recording.warnings)?;
+    info.set_item("arch", recording.arch)?;
+    let processes = PyList::empty(py);
+    for (pid, summary) in recording.per_process {
+        processes.append((pid, summary.comm, summary.samples))?;
+    }
+    info.set_item("processes", processes)?;
+    Ok((stacks, info))
+}
