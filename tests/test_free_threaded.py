@@ -150,6 +150,47 @@ def test_fork_while_threads_run(tmp_path: Path) -> None:
     assert proc.stdout.strip() == "ok ()", proc.stdout
 
 
+def test_environment_start_and_signal_toggle_while_threads_run(tmp_path: Path) -> None:
+    """PERFTRAMP and PERFTRAMP_SIGNAL start perftramp before the script (perftramp.pth), then a
+    thread sends the toggle signal every 10 ms while workers make new functions: the GIL stays
+    off, nothing fails, and the map names each function once at most."""
+    code = (
+        "import os, signal, sys, sysconfig, threading, time, perftramp\n"
+        "assert perftramp.is_enabled()\n"
+        "stop = threading.Event()\n"
+        "def work(k):\n"
+        "    i, end = 0, time.monotonic() + 1.5\n"
+        "    while time.monotonic() < end:\n"
+        "        exec(f'def w{k}_{i}(): return {i}\\nw{k}_{i}()', {}); i += 1\n"
+        "def toggle():\n"
+        "    while not stop.is_set():\n"
+        "        os.kill(os.getpid(), signal.SIGUSR2); time.sleep(0.01)\n"
+        "ws = [threading.Thread(target=work, args=(k,)) for k in range(4)]\n"
+        "t = threading.Thread(target=toggle)\n"
+        "[w.start() for w in ws]; t.start(); [w.join() for w in ws]; stop.set(); t.join()\n"
+        "time.sleep(0.05)\n"
+        "perftramp.enable('map')\n"
+        "gil = sys._is_gil_enabled() if sysconfig.get_config_var('Py_GIL_DISABLED') else False\n"
+        "print('PID', os.getpid(), 'GIL', gil, 'ERRORS', list(perftramp.status().errors))\n"
+    )
+    env = dict(clean_env(), PERFTRAMP="map", PERFTRAMP_SIGNAL="USR2", PERFTRAMP_MODE="map")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=300, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    match = re.search(r"^PID (\d+) GIL False ERRORS \[\]$", proc.stdout, re.M)
+    assert match, proc.stdout + proc.stderr[-2000:]
+    assert "could not toggle" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.count("profiling support") >= 10, proc.stderr[-2000:]
+    path = Path(f"/tmp/perf-{match.group(1)}.map")
+    try:
+        names = collections.Counter(line.split(" ", 2)[2] for line in path.read_text().splitlines())
+        addresses = collections.Counter(line.split(" ", 1)[0] for line in path.read_text().splitlines())
+    finally:
+        path.unlink()
+    assert max(addresses.values()) == 1
+    assert max(n for name, n in names.items() if re.match(r"py::w\d+_\d+:", name)) == 1
+
+
 def per_thread_shares(perf: str, data: Path, threads: Dict[int, int]) -> Dict[int, tuple]:
     """worker -> (samples naming a Python function, share whose innermost one is the worker's
     own, samples naming another worker's function anywhere in the stack)."""
@@ -187,11 +228,16 @@ def test_perf_names_each_threads_own_functions(perf: str, mode: str, call_graph:
                                     "--directory", str(tmp_path)],
                        call_graph=call_graph, env=clean_env())
     assert proc.stdout.rstrip().endswith("DONE"), proc.stdout[-2000:] + proc.stderr[-2000:]
+    pid = re.search(r"^PID (\d+)$", proc.stdout, re.M)
+    if pid:  # the map mode's file; perf script reads it below, so it goes at the end
+        request_cleanup = Path(f"/tmp/perf-{pid.group(1)}.map")
     threads = threads_of(proc.stdout)
     assert len(threads) == THREADS
     shares = per_thread_shares(perf, data, threads)
     report = {k: f"{n} named, {share:.1%} own, {bad} foreign" for k, (n, share, bad) in shares.items()}
     print(report)
+    if pid:
+        request_cleanup.unlink(missing_ok=True)
     for k, (named, share, foreign) in shares.items():
         assert named >= 20, report
         assert share >= 0.95, report
