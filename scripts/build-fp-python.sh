@@ -16,6 +16,9 @@
 # Settings (environment):
 #   MIRROR=<url>   the Debian mirror for the sid source entry, when apt has none for sid
 #                  (default: the first Debian mirror this host's apt uses, as in sid-chroot.sh)
+#   SOURCE_TARBALL=<file>  an upstream tarball of the series to build instead of Debian's
+#                  (e.g. python3.14_3.14.4.orig.tar.xz from Ubuntu's source package, when the
+#                  mirror has lost Debian's files: it answered 404 for python3.14 here)
 set -euo pipefail
 
 arg="${1:-3.13}"
@@ -48,9 +51,14 @@ apt_mirror() {
         }'
 }
 
+if [ -n "${SOURCE_TARBALL:-}" ]; then
+    SOURCE_TARBALL=$(cd "$(dirname "$SOURCE_TARBALL")" && pwd)/$(basename "$SOURCE_TARBALL")
+    [ -f "$SOURCE_TARBALL" ] || { log "SOURCE_TARBALL=$SOURCE_TARBALL: no such file"; exit 1; }
+fi
+
 # Debian's source list for sid (deb-src only: we take sources, never binaries, from sid).
 src_list=/etc/apt/sources.list.d/perftramp-sid-src.sources
-if ! apt-cache showsrc "python${series}" 2>/dev/null | grep -q "^Package: python${series}"; then
+if [ -z "${SOURCE_TARBALL:-}" ] && ! apt-cache showsrc "python${series}" 2>/dev/null | grep -q "^Package: python${series}"; then
     need_root "sid deb-src entry"
     if [ -z "${MIRROR:-}" ]; then
         shopt -s nullglob
@@ -85,15 +93,19 @@ fi
 
 work="$cache/build-python${series}${variant}"
 rm -rf "$work"; mkdir -p "$work"; cd "$work"
-# The mirror may list versions whose files it no longer holds: try each, newest first.
-got=""
-for v in $(apt-cache showsrc "python${series}" | awk '/^Version:/ {print $2}' | sort -rV | uniq); do
-    log "downloading Debian source package python${series}=$v"
-    if apt-get source --download-only -qq "python${series}=$v" >/dev/null 2>&1; then got=$v; break; fi
-    rm -f ./*
-done
-[ -n "$got" ] || { log "no source package of python${series} could be downloaded from Debian"; exit 1; }
-orig=$(ls python"${series}"_*.orig.tar.* | head -n1)
+if [ -n "${SOURCE_TARBALL:-}" ]; then
+    orig=$SOURCE_TARBALL
+else
+    # The mirror may list versions whose files it no longer holds: try each, newest first.
+    got=""
+    for v in $(apt-cache showsrc "python${series}" | awk '/^Version:/ {print $2}' | sort -rV | uniq); do
+        log "downloading Debian source package python${series}=$v"
+        if apt-get source --download-only -qq "python${series}=$v" >/dev/null 2>&1; then got=$v; break; fi
+        rm -f ./*
+    done
+    [ -n "$got" ] || { log "no source package of python${series} could be downloaded from Debian (SOURCE_TARBALL= builds from a tarball you have)"; exit 1; }
+    orig=$(ls python"${series}"_*.orig.tar.* | head -n1)
+fi
 log "unpacking upstream tarball $orig (without Debian's patches: a plain upstream build)"
 tar xf "$orig"
 srcdir=$(find . -maxdepth 1 -type d -name 'Python-*' | head -n1)
