@@ -4,11 +4,12 @@ under the same stress. Prints figures; asserts nothing.
     python benchmarks/free_threaded.py [--repeat 5] [--units 2000] [--stress-runs 3]
 
 1. Throughput: pure-Python work (many small calls: what the eval hook sees) in 1 thread, then the
-   same work per thread in 2 threads, each in a fresh interpreter, with perftramp off and on.
+   same work per thread in 2 threads, each in a fresh interpreter, with perftramp off and on,
+   and with CPython's own trampoline for reference.
    Scaling = 2 threads' work per second / 1 thread's. On a free-threaded build with 2 free cores
    the goal is >= 1.7 with perftramp on, as with it off. (On a GIL build it stays near 1.0.)
 2. Stress (tests/workloads/ft_stress.py: 8 threads making 50,000 new functions, perf support
-   toggled every 10 ms), perftramp's map mode and CPython's own trampoline (`xperf`: the
+   toggled every 10 ms, then left on throughout), perftramp's map mode and CPython's own trampoline (`xperf`: the
    sys.activate_stack_trampoline that -X perf uses) side by side: crashes (non-zero exits,
    signals) and wrong names in the perf map (one address given two names: two threads handed the
    same trampoline slot, or the map naming one slot after another thread's function).
@@ -29,13 +30,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 STRESS = HERE.parent / "tests" / "workloads" / "ft_stress.py"
 
-# One measurement, in a fresh interpreter: argv = on|off, threads, units.
+# One measurement, in a fresh interpreter: argv = on|off|xperf, threads, units.
 INNER = r"""
 import sys, threading, time
 mode, threads, units = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 if mode == "on":
     import perftramp
     perftramp.enable("map")
+elif mode == "xperf":
+    sys.activate_stack_trampoline("perf")
 
 def leaf(a, b):
     return a * b + 1
@@ -80,7 +83,7 @@ def timed(mode: str, threads: int, units: int) -> float:
 def throughput(repeat: int, units: int) -> None:
     print(f"== throughput: {units} units of pure-Python calls per thread, best of {repeat}")
     results = {}
-    for mode in ("off", "on"):
+    for mode in ("off", "on", "xperf"):
         # Interleave 1- and 2-thread runs so load from elsewhere hits both alike.
         one, two = [], []
         for _ in range(repeat):
@@ -89,11 +92,14 @@ def throughput(repeat: int, units: int) -> None:
         rate1 = units / min(one)
         rate2 = 2 * units / min(two)
         results[mode] = (rate1, rate2)
-        print(f"perftramp {mode:3}: 1 thread {min(one):.3f} s (median {statistics.median(one):.3f}), "
+        label = {"off": "perftramp off", "on": "perftramp on", "xperf": "CPython -X perf"}[mode]
+        print(f"{label:15}: 1 thread {min(one):.3f} s (median {statistics.median(one):.3f}), "
               f"2 threads {min(two):.3f} s (median {statistics.median(two):.3f}): "
               f"scaling {rate2 / rate1:.2f}x")
-    (off1, off2), (on1, on2) = results["off"], results["on"]
-    print(f"perftramp on vs off: 1 thread {on1 / off1:.1%} of the speed, 2 threads {on2 / off2:.1%}")
+    off1, off2 = results["off"]
+    for mode in ("on", "xperf"):
+        one, two = results[mode]
+        print(f"{mode:5} vs off: 1 thread {one / off1:.1%} of the speed, 2 threads {two / off2:.1%}")
 
 
 def map_names(pid: int):
@@ -111,14 +117,17 @@ def map_names(pid: int):
 
 def stress(runs: int) -> None:
     print(f"== stress: 8 threads x 50,000 new functions, toggled every 10 ms, {runs} runs each")
-    for mode in ("map", "xperf"):
+    for mode, toggle in (("map", "10"), ("xperf", "10"), ("map", "0"), ("xperf", "0")):
         crashes, failures, wrong, entries, seconds = 0, 0, 0, 0, []
         for _ in range(runs):
-            proc = subprocess.run([sys.executable, str(STRESS), mode], capture_output=True, text=True,
-                                  env=env(), timeout=900)
+            proc = subprocess.run([sys.executable, str(STRESS), mode, "--toggle-ms", toggle],
+                                  capture_output=True, text=True, env=env(), timeout=900)
             match = re.search(r"^PID (\d+)$", proc.stdout, re.M)
             if proc.returncode < 0 or "Fatal Python error" in proc.stderr:
                 crashes += 1
+                fatal = [line for line in proc.stderr.splitlines() if "Fatal" in line or "error" in line.lower()]
+                how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
+                print(f"  {mode} crash: {how}; {fatal[0] if fatal else proc.stderr.strip()[-200:]!r}")
             elif proc.returncode != 0:
                 failures += 1
             took = re.search(r"^SECONDS ([\d.]+)$", proc.stdout, re.M)
@@ -128,8 +137,9 @@ def stress(runs: int) -> None:
             if names:
                 entries += sum(len(n) for n in names.values())
                 wrong += sum(1 for n in names.values() if len(n) > 1)
-        label = "perftramp map" if mode == "map" else "CPython -X perf"
-        print(f"{label:16}: {crashes} crashes, {failures} other failures, "
+        label = ("perftramp map" if mode == "map" else "CPython -X perf") + (
+            ", toggled" if toggle != "0" else ", always on")
+        print(f"{label:26}: {crashes} crashes, {failures} other failures, "
               f"{wrong} addresses named twice among {entries} map entries, "
               f"median {statistics.median(seconds) if seconds else float('nan'):.1f} s per run")
 

@@ -125,7 +125,8 @@ def main() -> int:
         except BaseException:  # noqa: BLE001
             errors.append(traceback.format_exc())
 
-    helpers = [threading.Thread(target=toggler, name="toggler")]
+    # --toggle-ms 0: no toggler (perf support stays on throughout).
+    helpers = [threading.Thread(target=toggler, name="toggler")] if args.toggle_ms > 0 else []
     if args.compile_all:
         helpers.append(threading.Thread(target=compiler, name="compiler"))
     for helper in helpers:
