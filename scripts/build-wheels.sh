@@ -4,13 +4,16 @@
 #   bash scripts/build-wheels.sh [OUTDIR]          # default dist/
 #   PERFTRAMP_PYTHONS="/path/python3.9 ..." bash scripts/build-wheels.sh   # chosen interpreters
 #   PERFTRAMP_SID_WHEELS=0 ...                     # skip 3.14/3.15 from the sid chroot
+#   PERFTRAMP_FT_WHEELS=0 ...                      # skip the free-threaded cp314t/cp315t wheels
 #
 # Wheels are built by maturin with zig as the linker (`--zig`), whose bundled glibc stubs make
 # the extension link against glibc 2.17 symbols only: manylinux2014 / manylinux_2_17, the
 # oldest policy Rust's std supports, so one wheel installs on any Linux of the last decade. No
 # abi3: the extension reads CPython internals, so there is one wheel per interpreter. Interpreters:
 # pyenv's CPython 3.9+ on the host; 3.14 and 3.15 are built inside the sid chroot
-# (scripts/sid-chroot.sh or ../shared/tools/sid-pythons.sh) when it exists at ${SID_ROOT:-/opt/sid}.
+# (scripts/sid-chroot.sh or ../shared/tools/sid-pythons.sh) when it exists at ${SID_ROOT:-/opt/sid};
+# free-threaded 3.14t/3.15t (cp314t, cp315t wheels) from scripts/build-fp-python.sh's cache when
+# they were built there (this script does not build them: half an hour each).
 # Each wheel is checked: `auditwheel show` must accept the manylinux_2_17 policy, and it must
 # hold the start hook (perftramp.pth), py.typed, the stubs and nothing from tests/ or target/.
 # Ends with one line per artifact: its name and size.
@@ -39,6 +42,12 @@ else
         [ -x "$dir/bin/python3" ] || continue
         "$dir/bin/python3" -c 'import sys; sys.exit(not (sys.version_info >= (3, 9) and sys.implementation.name == "cpython"))' 2>/dev/null \
             && pythons+=("$dir/bin/python3")
+    done
+fi
+if [ -z "${PERFTRAMP_PYTHONS:-}" ] && [ "${PERFTRAMP_FT_WHEELS:-1}" = 1 ]; then
+    for t in 3.14t 3.15t; do
+        ft="${PERFTRAMP_CACHE:-$HOME/.cache/perftramp}/python$t-fp/bin/python$t"
+        if [ -x "$ft" ]; then pythons+=("$ft"); else log "no $t at $ft (scripts/build-fp-python.sh $t): no cp${t//./} wheel"; fi
     done
 fi
 

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # perftramp's whole test suite: Rust unit tests, then the pytest suite (including real perf runs)
-# on every CPython 3.9+ found (pyenv's, plus the frame-pointer build from
-# scripts/build-fp-python.sh, which is built and cached on first use).
+# on every CPython 3.9+ found (pyenv's, plus the frame-pointer build and the free-threaded 3.14t
+# build from scripts/build-fp-python.sh, which are built and cached on first use).
 #
 #   bash scripts/test.sh                 # everything
 #   PERFTRAMP_PYTHONS="/usr/bin/python3.12" bash scripts/test.sh   # chosen interpreters only
 #   PERFTRAMP_NO_FP_BUILD=1 bash scripts/test.sh                    # skip the frame-pointer build
+#   PERFTRAMP_FT=1 bash scripts/test.sh                             # add the free-threaded 3.14t tier
+#   SOURCE_TARBALL=python3.14_3.14.4.orig.tar.xz bash scripts/test.sh  # build 3.14t from this tarball
+#                                                                   # (when the Debian mirror lacks it)
 #   PERFTRAMP_NO_REGRTEST=1 bash scripts/test.sh                    # skip CPython's own tests
 #   PERFTRAMP_NO_SID=1 bash scripts/test.sh                         # skip the sid chroot tier
 #   PERFTRAMP_NO_AARCH64=1 bash scripts/test.sh                     # skip the aarch64 qemu tier
@@ -109,12 +112,29 @@ else
     done
     if [ "${#pythons[@]}" -eq 0 ] && command -v python3 >/dev/null; then pythons+=("$(command -v python3)"); fi
 fi
+# SOURCE_TARBALL is for the free-threaded 3.14t build only (below), never the 3.13 one.
+ft_source_tarball=${SOURCE_TARBALL:-}
+unset SOURCE_TARBALL
 # The frame-pointer build comes last among the host's interpreters: its tier waits for the build.
 fp_python=""
 if [ "${PERFTRAMP_NO_FP_BUILD:-0}" != 1 ]; then
     in_background fp-python-build nice -n 19 bash scripts/build-fp-python.sh 3.13
     fp_python=fp-python-build
     pythons+=("$fp_python")
+fi
+# The free-threaded 3.14t (with frame pointers) comes after it, and is built after it: one CPython
+# build at a time. SOURCE_TARBALL (an upstream 3.14 tarball) is passed on to 3.14t's build only.
+ft_python=""
+# Opt-in: this host's Debian mirror has lost the python3.14 source files (404), so a new machine
+# cannot build it from Debian's package; PERFTRAMP_FT=1 (with the package reachable) or
+# SOURCE_TARBALL= (an upstream 3.14 tarball) adds the tier.
+if { [ "${PERFTRAMP_FT:-0}" = 1 ] || [ -n "$ft_source_tarball" ]; } && [ "${PERFTRAMP_NO_FT_BUILD:-0}" != 1 ] \
+        && [ -z "${PERFTRAMP_PYTHONS:-}" ]; then
+    in_background ft-python-build bash -c 'if [ -n "$1" ]; then while kill -0 "$1" 2>/dev/null; do sleep 5; done; fi
+        exec env SOURCE_TARBALL="$2" nice -n 19 bash scripts/build-fp-python.sh 3.14t' _ \
+        "${bg_pid[fp-python-build]:-}" "$ft_source_tarball"
+    ft_python=ft-python-build
+    pythons+=("$ft_python")
 fi
 [ "${#pythons[@]}" -gt 0 ] || { echo "test.sh: no CPython >= 3.9 found" >&2; exit 1; }
 
@@ -127,8 +147,17 @@ fp_interpreter() {
     fi
     echo "$fp_python"
 }
+ft_done=0
+ft_interpreter() {
+    if [ "$ft_done" = 0 ]; then
+        ft_done=1
+        if wait_for ft-python-build 5; then ft_python=$(tail -n1 "$root/target/ft-python-build.out"); else ft_python=""; fi
+    fi
+    echo "$ft_python"
+}
 first="${pythons[0]}"
 if [ "$first" = fp-python-build ]; then fp_interpreter >/dev/null; first=$fp_python; fi
+if [ "$first" = ft-python-build ]; then ft_interpreter >/dev/null; first=$ft_python; fi
 [ -n "$first" ] || { echo "test.sh: the frame-pointer CPython build failed and no other CPython >= 3.9 was found" >&2; exit 1; }
 
 # Third-party readers of the exports (speedscope's release build), fetched from PyPI and cached;
@@ -415,7 +444,15 @@ for py in "${pythons[@]}"; do
         fi
         py=$fp_python
     fi
-    tag=$("$py" -c 'import sys, sysconfig; fp = "-fp" if "-fno-omit-frame-pointer" in (sysconfig.get_config_var("CFLAGS") or "") else ""; print(f"{sys.version_info[0]}.{sys.version_info[1]}.{sys.version_info[2]}{fp}")')
+    if [ "$py" = ft-python-build ]; then
+        ft_interpreter >/dev/null
+        if [ -z "$ft_python" ]; then
+            echo "test.sh: building the free-threaded CPython 3.14t failed (target/ft-python-build.log; SOURCE_TARBALL= builds from a tarball)" >&2
+            total_failed=$((total_failed + 1)); report+=("3.14t-fp: BUILD FAILED"); continue
+        fi
+        py=$ft_python
+    fi
+    tag=$("$py" -c 'import sys, sysconfig; fp = "-fp" if "-fno-omit-frame-pointer" in (sysconfig.get_config_var("CFLAGS") or "") else ""; t = "t" if sysconfig.get_config_var("Py_GIL_DISABLED") else ""; print(f"{sys.version_info[0]}.{sys.version_info[1]}.{sys.version_info[2]}{t}{fp}")')
     echo "== CPython $tag ($py)"
     venv="$root/.venvs/$tag"
     [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"

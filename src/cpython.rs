@@ -40,10 +40,20 @@ extern "C" {
     fn code_set_extra(code: *mut PyObject, index: Py_ssize_t, extra: *mut c_void) -> c_int;
 }
 
+/// Whether this is a free-threaded (PEP 703, `--disable-gil`) build: Python threads run at once,
+/// and nothing perftramp shares between them is serialized by a GIL. What changes with it is
+/// chosen here and in [`crate::runtime::profiler`]'s lock (see its comments); the hot path is the
+/// same code on both builds.
+pub const FREE_THREADED: bool = cfg!(Py_GIL_DISABLED);
+
 /// Why this interpreter cannot be hooked safely, if it cannot.
 pub fn unsupported_reason() -> Option<&'static str> {
-    if cfg!(Py_GIL_DISABLED) {
-        return Some("free-threaded CPython (3.13t/3.14t) is not supported yet");
+    // 3.13t: perftramp's own C-stack guard (a table keyed by thread, written from the hook) and
+    // the 3.12/3.13 C-recursion refund were designed under the GIL, and 3.13t's
+    // `_PyCode_SetExtra` reallocates `co_extra` under readers with no deferred free. 3.14t+ has
+    // neither of the first two (CPython guards the C stack itself) and is the target.
+    if cfg!(all(Py_GIL_DISABLED, not(Py_3_14))) {
+        return Some("free-threaded CPython 3.13t is not supported (3.14t and newer are)");
     }
     // 3.15 keeps 3.14's frame layout (tagged f_executable) and eval-frame API; checked on
     // Debian's 3.15.2. Versions after 3.15 are refused until someone verifies them.
@@ -121,8 +131,15 @@ const CO_EXTRA_OFFSET: Option<usize> = Some(192);
 // 3.14 and 3.15 (Debian's 3.14.10 and 3.15.2 headers). Without it the hook calls
 // PyUnstable_Code_GetExtra with an out-parameter on the stack, cannot tail-call the trampoline,
 // and costs 64 bytes of C stack per Python call: 7% less recursion depth than `-X perf` (3.14).
-#[cfg(Py_3_14)]
+#[cfg(all(Py_3_14, not(Py_GIL_DISABLED)))]
 const CO_EXTRA_OFFSET: Option<usize> = Some(200);
+// Free-threaded 3.14t/3.15t: the object header is 16 bytes longer (ob_tid, ob_flags, ob_mutex,
+// ob_gc_bits, ob_ref_local, ob_ref_shared before ob_type), every later field moves by 16.
+// Computed from 3.14's code.h, NOT yet checked against a built 3.14t: it is only used once
+// [`verify_direct_code_extra`] agrees with the API, which it checks without dereferencing the
+// field until the field has been seen to change from null to non-null when the API set it.
+#[cfg(all(Py_3_14, Py_GIL_DISABLED))]
+const CO_EXTRA_OFFSET: Option<usize> = Some(216);
 
 /// CPython's `_PyCodeObjectExtra`, the same in every version.
 #[repr(C)]
@@ -146,11 +163,32 @@ pub unsafe fn code_extra<const DIRECT: bool>(
 ) -> *mut c_void {
     if let (true, Some(offset)) = (DIRECT, CO_EXTRA_OFFSET) {
         // What _PyCode_GetExtra does, inline.
-        let extra = *(code as *const u8).add(offset).cast::<*const CodeObjectExtra>();
-        if extra.is_null() || index >= (*extra).ce_size {
-            return ptr::null_mut();
+        #[cfg(not(Py_GIL_DISABLED))]
+        {
+            let extra = *(code as *const u8).add(offset).cast::<*const CodeObjectExtra>();
+            if extra.is_null() || index >= (*extra).ce_size {
+                return ptr::null_mut();
+            }
+            return *(&raw const (*extra).ce_extras).cast::<*mut c_void>().offset(index);
         }
-        return *(&raw const (*extra).ce_extras).cast::<*mut c_void>().offset(index);
+        // Free-threaded: what 3.14t/3.15t's PyUnstable_Code_GetExtra does since gh-144981, an
+        // acquire load of `co_extra` and of the slot, pairing with the release stores of
+        // PyUnstable_Code_SetExtra (a grown array is published whole, the old one freed only
+        // after every thread passed a quiescent state (QSBR): this thread passes none between
+        // these loads and its use of the pointer, so the array cannot be freed under it). The
+        // slot's acquire load also orders the read of the trampoline after perftramp's writes
+        // to its sinks and arena (all before the SetExtra). On x86_64 both are plain loads.
+        #[cfg(Py_GIL_DISABLED)]
+        {
+            use std::sync::atomic::{AtomicPtr, Ordering::Acquire};
+            let field = (code as *const u8).add(offset).cast::<AtomicPtr<CodeObjectExtra>>();
+            let extra = (*field).load(Acquire);
+            if extra.is_null() || index >= (*extra).ce_size {
+                return ptr::null_mut();
+            }
+            let slots = (&raw const (*extra).ce_extras).cast::<AtomicPtr<c_void>>();
+            return (*slots.offset(index)).load(Acquire);
+        }
     }
     let mut extra = ptr::null_mut();
     // With a valid index and a code object this cannot fail; a failure leaves extra null.
@@ -191,11 +229,17 @@ pub unsafe fn verify_direct_code_extra(index: Py_ssize_t) -> bool {
         if let Some(offsets) = CODE_NAME_OFFSETS {
             DIRECT_CODE_NAMES.store(code_names_match(code, offsets), Relaxed);
         }
+        let offset = CO_EXTRA_OFFSET.unwrap_or(0);
+        // The raw field only, not yet followed: a fresh code object has no co_extra, and the
+        // field must become non-null when the API sets one. Only then is it dereferenced, so an
+        // offset that is wrong for this build (an unverified layout) never reads through a
+        // pointer that is not `co_extra`.
+        let raw = || *(code as *const u8).add(offset).cast::<*const c_void>();
         let sentinel = 0x5eed_usize as *mut c_void;
-        let empty = code_extra::<true>(code, index).is_null();
+        let empty = raw().is_null();
         let set = code_set_extra(code, index, sentinel) == 0;
-        let seen = code_extra::<true>(code, index);
-        ok = empty && set && seen == sentinel;
+        let changed = !raw().is_null();
+        ok = empty && set && changed && code_extra::<true>(code, index) == sentinel;
         code_set_extra(code, index, ptr::null_mut());
     }
     ffi::Py_XDECREF(code);
@@ -215,6 +259,21 @@ pub unsafe fn set_code_extra(code: *mut PyObject, index: Py_ssize_t, value: *mut
         return false;
     }
     true
+}
+
+/// Runs `f` with this thread detached from the interpreter (the GIL released; on a free-threaded
+/// build, the thread parked, so a stop-the-world, e.g. the one `_PyInterpreterState_SetEvalFrameFunc`
+/// or the garbage collector does, need not wait for it), then attaches again. For waits on
+/// perftramp's own lock: a thread blocked there while attached would deadlock with a thread that
+/// holds the lock and stops the world.
+///
+/// # Safety
+/// The thread is attached (holds the GIL) and `f` calls no C API.
+pub unsafe fn detached<R>(f: impl FnOnce() -> R) -> R {
+    let state = ffi::PyEval_SaveThread();
+    let result = f();
+    ffi::PyEval_RestoreThread(state);
+    result
 }
 
 /// The eval-frame function of the current interpreter (CPython's own when none is set).
@@ -457,9 +516,14 @@ const CODE_NAME_OFFSETS: Option<CodeNameOffsets> =
 const CODE_NAME_OFFSETS: Option<CodeNameOffsets> =
     Some(CodeNameOffsets { qualname: 128, filename: 112, firstlineno: 72 });
 // The same in 3.12, 3.13, 3.14 and 3.15.
-#[cfg(Py_3_12)]
+#[cfg(all(Py_3_12, not(Py_GIL_DISABLED)))]
 const CODE_NAME_OFFSETS: Option<CodeNameOffsets> =
     Some(CodeNameOffsets { qualname: 128, filename: 112, firstlineno: 68 });
+// Free-threaded: 16 bytes more of object header (see CO_EXTRA_OFFSET); computed, checked at
+// enable like the others (a mismatch only means attribute lookups).
+#[cfg(all(Py_3_12, Py_GIL_DISABLED))]
+const CODE_NAME_OFFSETS: Option<CodeNameOffsets> =
+    Some(CodeNameOffsets { qualname: 144, filename: 128, firstlineno: 84 });
 
 static DIRECT_CODE_NAMES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 

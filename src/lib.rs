@@ -102,7 +102,8 @@ fn enable(
     register_trim_at_exit(py)
 }
 
-/// Whether `trim_files_at_exit` is registered with `atexit` (only touched with the GIL held).
+/// Whether `trim_files_at_exit` is registered with `atexit` (claimed by one thread, even when
+/// threads enable at once on a free-threaded build).
 static TRIM_AT_EXIT_REGISTERED: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
@@ -111,10 +112,13 @@ static TRIM_AT_EXIT_REGISTERED: std::sync::atomic::AtomicBool =
 /// `profiler::at_exit`).
 fn register_trim_at_exit(py: Python<'_>) -> PyResult<()> {
     use std::sync::atomic::Ordering::Relaxed;
-    if !TRIM_AT_EXIT_REGISTERED.load(Relaxed) {
-        let trim = wrap_pyfunction!(trim_files_at_exit, py)?;
-        py.import("atexit")?.call_method1("register", (trim,))?;
-        TRIM_AT_EXIT_REGISTERED.store(true, Relaxed);
+    if TRIM_AT_EXIT_REGISTERED.compare_exchange(false, true, Relaxed, Relaxed).is_ok() {
+        let registered = wrap_pyfunction!(trim_files_at_exit, py)
+            .and_then(|trim| py.import("atexit")?.call_method1("register", (trim,)));
+        if let Err(err) = registered {
+            TRIM_AT_EXIT_REGISTERED.store(false, Relaxed);
+            return Err(err);
+        }
     }
     Ok(())
 }
@@ -219,7 +223,9 @@ fn perf_map_path() -> String {
     profiler::perf_map_path()
 }
 
-#[pymodule]
+// No GIL needed (free-threaded builds keep it off on import): the module has no state of its own
+// but atomics, and the runtime's shared state is behind one lock or atomic (runtime::profiler).
+#[pymodule(gil_used = false)]
 fn _perftramp(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("PerftrampError", py.get_type::<PerftrampError>())?;

@@ -57,6 +57,8 @@ pub struct Trampoline<'a> {
     pub firstlineno: i32,
 }
 
+/// Sinks are only called with the profiler's lock held: one trampoline's records are written
+/// whole, in order, even when threads make trampolines at once (free-threaded builds).
 pub trait Sink: Send {
     fn kind(&self) -> SinkKind;
 

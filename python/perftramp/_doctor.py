@@ -124,9 +124,11 @@ def run_doctor(python: Optional[str]) -> int:
         if info["implementation"] != "cpython" or not ((3, 9) <= py_version <= (3, 15)):
             checks.append(Check("python", "FAIL", f"{info['implementation']} {info['version']} ({where}): "
                                 "perftramp hooks CPython 3.9 to 3.15"))
-        elif info["free_threaded"]:
+        elif info["free_threaded"] and py_version < (3, 14):
             checks.append(Check("python", "FAIL", f"{info['version']} free-threaded ({where}): not supported",
-                                "use the default (GIL) build of CPython"))
+                                "use 3.14t or newer, or the default (GIL) build of CPython"))
+        elif info["free_threaded"]:
+            checks.append(Check("python", "ok", f"CPython {info['version']} free-threaded ({where})"))
         else:
             checks.append(Check("python", "ok", f"CPython {info['version']} ({where})"))
         if info.get("perftramp") is None:

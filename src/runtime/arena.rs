@@ -59,7 +59,10 @@ pub struct ExecMemory {
 }
 
 // SAFETY: the raw pointers are addresses of process-wide, never-unmapped mappings; the struct is
-// only mutated behind the profiler's mutex.
+// only mutated behind the profiler's mutex, which is what makes the bump allocation atomic when
+// threads run at once (free-threaded builds): no slot is handed out twice. An arena is filled and
+// made read-execute before its first slot is handed out, so a slot another thread receives
+// through `co_extra` is executable already.
 unsafe impl Send for ExecMemory {}
 
 impl ExecMemory {

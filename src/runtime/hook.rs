@@ -6,6 +6,15 @@
 //!
 //! The evaluator is whatever was installed before perftramp (normally
 //! `_PyEval_EvalFrameDefault`, or a debugger's/JIT's hook, which we chain to and restore).
+//!
+//! Threads: on a free-threaded build the hook runs in many threads at once, and it is the same
+//! code. Every static it reads is an atomic written before the hook is installed
+//! (`_PyInterpreterState_SetEvalFrameFunc` stops the world around the store on free-threaded
+//! builds, which orders those writes before any thread's first call) or a flag whose stale value
+//! is harmless (ACTIVE: a frame that starts just after `disable()` may still get its trampoline,
+//! which stays valid forever). The `co_extra` read is synchronized in [`cpython::code_extra`];
+//! a trampoline is only ever published there after it is named and its arena is executable
+//! ([`profiler::make_trampoline`]).
 
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering::Relaxed};
@@ -170,13 +179,19 @@ unsafe fn overflow(
 #[cold]
 #[inline(never)]
 unsafe fn make_trampoline(code: *mut PyObject) -> *mut c_void {
+    let index = EXTRA_INDEX.load(Relaxed);
     cpython::with_code_names(code, |names| {
-        let Some(slot) = profiler::make_trampoline(names) else {
-            return std::ptr::null_mut();
-        };
-        // If storing fails (out of memory) the slot is simply made again next time.
-        cpython::set_code_extra(code, EXTRA_INDEX.load(Relaxed), slot);
-        slot
+        profiler::make_trampoline(
+            names,
+            // Read again under the profiler's lock: another thread may have made it meanwhile.
+            || cpython::code_extra::<false>(code, index),
+            // Published under that lock, after every sink named it. If storing fails (out of
+            // memory) the slot is simply made again next time.
+            |slot| {
+                cpython::set_code_extra(code, index, slot);
+            },
+        )
+        .unwrap_or(std::ptr::null_mut())
     })
 }
 

@@ -1,11 +1,32 @@
 //! The profiler's process-wide state: the mode, the executable memory, the output files and the
 //! counters. Everything here runs on the cold path (enable, disable, a code object's first call)
 //! behind one mutex; the hot path only reads atomics in [`crate::runtime::hook`].
+//!
+//! # Threads (free-threaded builds)
+//! Under the GIL only one thread runs Python at a time; on a free-threaded build (3.14t+) any
+//! number do, and this mutex is what makes the cold path atomic. Everything shared is behind it:
+//! the arena bump pointer ([`ExecMemory`]), every sink's file writes, the counters, the fork
+//! flag's handling, the state marker, the hook's install/restore, and the publication of a new
+//! trampoline in `co_extra` (see [`make_trampoline`]). The hot path takes no lock: it reads
+//! `co_extra` (acquire loads on a free-threaded build, see `cpython::code_extra`) and atomics.
+//!
+//! How the lock is waited for is the one thing that differs between builds:
+//! - A busy lock seen from a thread that holds it (re-entry: enable() compiles a code object,
+//!   the collector runs a `__del__`, its frame reaches the hook) is never waited for: the frame
+//!   runs without a trampoline ([`OWNER`] tells re-entry from contention).
+//! - Under the GIL a busy lock seen from the hook can only be that re-entry, so the hook never
+//!   waits (as it always did).
+//! - On a free-threaded build it is usually another thread making a trampoline: the hook waits,
+//!   detached from the interpreter ([`wait_detached`]), so that a holder that stops the world
+//!   (installing or removing the hook does, so does the collector enable() may trigger) is not
+//!   blocked by a waiter that never reaches a safe point. The wait polls [`OWNER`] and takes the
+//!   lock only once attached again: the lock is never acquired by a detached thread, so a fork
+//!   (CPython stops the world before it) cannot copy it locked by a thread the child lacks.
 
 use std::ffi::c_void;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, Once, TryLockError};
 
 use crate::arch::{self, Arch};
@@ -121,12 +142,87 @@ struct Profiler {
 }
 
 static PROFILER: Mutex<Option<Profiler>> = Mutex::new(None);
+/// The thread pointer of the thread holding [`PROFILER`] (0: free, or just being taken or
+/// released). Written only by the holder; read by waiters to tell re-entry from contention and
+/// to see when the lock may be free.
+static OWNER: AtomicUsize = AtomicUsize::new(0);
 /// Set in a fork child (async-signal-safe) and acted on at the next cold-path entry.
 static FORKED: AtomicBool = AtomicBool::new(false);
 static PROCESS_HOOKS: Once = Once::new();
 
-fn lock() -> MutexGuard<'static, Option<Profiler>> {
-    PROFILER.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// [`PROFILER`] held by this thread; [`OWNER`] says so until it is released.
+struct Guard(MutexGuard<'static, Option<Profiler>>);
+
+impl Guard {
+    fn new(guard: MutexGuard<'static, Option<Profiler>>) -> Self {
+        OWNER.store(crate::arch::thread_pointer(), Relaxed);
+        Guard(guard)
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // Before the mutex guard (a field) unlocks.
+        OWNER.store(0, Relaxed);
+    }
+}
+
+impl std::ops::Deref for Guard {
+    type Target = Option<Profiler>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Guard {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+/// The lock if it is free now; `None` if another thread (or this one, further up) holds it.
+fn try_lock() -> Option<Guard> {
+    match PROFILER.try_lock() {
+        Ok(guard) => Some(Guard::new(guard)),
+        Err(TryLockError::Poisoned(poisoned)) => Some(Guard::new(poisoned.into_inner())),
+        Err(TryLockError::WouldBlock) => None,
+    }
+}
+
+/// Whether this thread holds the lock (a busy lock is then re-entry, never to be waited for).
+fn held_by_this_thread() -> bool {
+    OWNER.load(Relaxed) == crate::arch::thread_pointer()
+}
+
+/// Takes the lock, waiting if needed. For callers attached to the interpreter (Python calls,
+/// and the hook on a free-threaded build): see the module comment for why the wait is detached.
+fn lock() -> Guard {
+    loop {
+        if let Some(guard) = try_lock() {
+            return guard;
+        }
+        if !cpython::FREE_THREADED {
+            // Under the GIL the holder is this thread (a deadlock, as ever) or a thread that let
+            // the GIL go while holding it; wait as before.
+            return Guard::new(PROFILER.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        }
+        // SAFETY: callers are attached; the wait calls no C API.
+        unsafe { cpython::detached(wait_detached) };
+    }
+}
+
+/// Waits (detached) until the lock looks free. Cold and short (the holder writes a few file
+/// records): spin a little, then yield, then sleep.
+fn wait_detached() {
+    let mut round = 0u32;
+    while OWNER.load(Relaxed) != 0 {
+        match round {
+            0..64 => std::hint::spin_loop(),
+            64..256 => std::thread::yield_now(),
+            _ => std::thread::sleep(std::time::Duration::from_micros(50)),
+        }
+        round = round.saturating_add(1);
+    }
 }
 
 fn current_pid() -> u32 {
@@ -286,20 +382,39 @@ pub unsafe fn status() -> Status {
     }
 }
 
-/// Makes a trampoline for the code object named by `names` and records it in the output files
-/// before it can run. Returns its address, or `None` when none can be made.
+/// Gives a code object its trampoline: `existing` reads its `co_extra` slot, `publish` stores a
+/// new trampoline there. Returns the trampoline, or `None` when none can be made now.
 ///
-/// Called from the eval hook with the GIL held. Only `try_lock`: the lock is only ever taken with
-/// the GIL held, so a busy lock means re-entry on this thread, and the frame simply runs without a
-/// trampoline rather than deadlocking.
-pub fn make_trampoline(names: &CodeNames<'_>) -> Option<*mut c_void> {
-    let mut guard = match PROFILER.try_lock() {
-        Ok(guard) => guard,
-        Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-        Err(TryLockError::WouldBlock) => return None,
+/// Under the lock: the slot is read again, and if still empty, a slot of arena is taken, named
+/// in every sink (durable before it can run: perf can never sample an unnamed trampoline), and
+/// only then published. So two threads that both saw no trampoline for one code object end up
+/// with exactly one, named: the second finds the first's. Every `co_extra` store perftramp makes
+/// is under this lock too, so perftramp never races itself inside `PyUnstable_Code_SetExtra`
+/// (which, before CPython fixed gh-144981, reallocated the array with no synchronization).
+///
+/// Called from the eval hook (attached). A busy lock held by this thread is re-entry (a
+/// finalizer's frame while enable() holds it): the frame runs without a trampoline and the next
+/// call makes it. Under the GIL a busy lock can only be that, so it is never waited for; on a
+/// free-threaded build another thread holds it and this one waits, detached (see [`lock`]).
+pub fn make_trampoline(
+    names: &CodeNames<'_>,
+    existing: impl FnOnce() -> *mut c_void,
+    publish: impl FnOnce(*mut c_void),
+) -> Option<*mut c_void> {
+    let mut guard = match try_lock() {
+        Some(guard) => guard,
+        None if cpython::FREE_THREADED && !held_by_this_thread() => lock(),
+        None => return None,
     };
     after_fork_if_needed(&mut guard);
-    guard.as_mut()?.make_trampoline(names)
+    let profiler = guard.as_mut()?;
+    let found = existing();
+    if !found.is_null() {
+        return Some(found);
+    }
+    let slot = profiler.make_trampoline(names)?;
+    publish(slot);
+    Some(slot)
 }
 
 impl Profiler {
@@ -459,7 +574,7 @@ fn discard(sink: Box<dyn Sink>) {
 
 /// Acts on a fork (any fork through libc, Python's or a C extension's: the atfork handler sets
 /// the flag) at the first cold-path entry after it, before anything is written or allocated.
-fn after_fork_if_needed(guard: &mut MutexGuard<'static, Option<Profiler>>) {
+fn after_fork_if_needed(guard: &mut Guard) {
     if FORKED.swap(false, Relaxed) {
         if let Some(profiler) = guard.as_mut() {
             profiler.reopen_after_fork();
@@ -491,7 +606,7 @@ extern "C" fn at_exit() {
     // thread if it wakes now, gh-110052). Anything slow here widens that window, so the real trim
     // happens earlier (trim_files via atexit); this only catches functions first run after it,
     // and costs no system call otherwise.
-    if let Ok(mut guard) = PROFILER.try_lock() {
+    if let Some(mut guard) = try_lock() {
         after_fork_if_needed(&mut guard);
         if let Some(profiler) = guard.as_mut() {
             profiler.trim_files();

@@ -21,7 +21,9 @@ const MARGIN: usize = 256 * 1024;
 
 /// Per-thread guard addresses, keyed by thread pointer (direct-mapped). The hook runs with the
 /// GIL held, so entries are never raced (atomics keep Rust's model sound); a collision between
-/// two live threads only costs a recomputation.
+/// two live threads only costs a recomputation. Free-threaded builds (3.14t+) never use the table:
+/// from 3.14 the guard is compiled out ([`crate::cpython::EVALUATOR_GUARDS_C_STACK`]), and 3.13t
+/// is refused, since a key and its floor are two stores another thread could interleave.
 const SLOTS: usize = 256;
 static KEYS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
 static FLOORS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
