@@ -127,13 +127,13 @@ def main() -> None:
                 shares[unwinder] = worker_shares(directory)
         print(f"\nperf.data: {size:,.0f} MB; perf {perf_version()}; Python {sys.version.split()[0]}; "
               f"{args.rounds} rounds, alternating")
-        print(f"{'reader':<26} {'wall s (median)':>16} {'cpu s (median)':>15}   per worker: samples, "
+        print(f"{'reader':<30} {'wall s (median)':>16} {'cpu s (median)':>15}   per worker: samples, "
               f"share naming its function")
         for unwinder, label in (("perf", "perf script (--unwinder perf)"), ("perftramp", "perftramp")):
             wall = statistics.median(w for w, _ in times[unwinder])
             cpu = statistics.median(c for _, c in times[unwinder])
             per = "; ".join(f"pid {pid}: {n:,}, {share:.0f}%" for pid, (n, share) in shares[unwinder].items())
-            print(f"{label:<26} {wall:>16.2f} {cpu:>15.2f}   {per}")
+            print(f"{label:<30} {wall:>16.2f} {cpu:>15.2f}   {per}")
         ratio = statistics.median(w for w, _ in times["perf"]) / statistics.median(
             w for w, _ in times["perftramp"])
         print(f"perftramp reads it {ratio:.1f}x faster (wall, medians)")
