@@ -227,6 +227,26 @@ def test_record_refuses_an_existing_directory_unless_forced(perf, tmp_path):
 
 
 @pytest.mark.perf
+def wait_for_cpu(marker: str, seconds: float, *, timeout: float) -> None:
+    """Waits until a process whose command line holds `marker` has used `seconds` of CPU."""
+    tick = os.sysconf("SC_CLK_TCK")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if marker not in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    continue
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if (int(fields[11]) + int(fields[12])) / tick >= seconds:  # utime + stime
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"no process running {marker} used {seconds} s of CPU in {timeout} s")
+
+
 def test_ctrl_c_stops_perf_and_still_draws(perf, tmp_path):
     workload = tmp_path / "forever.py"
     workload.write_text(WORKLOAD)
@@ -235,7 +255,9 @@ def test_ctrl_c_stops_perf_and_still_draws(perf, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "perftramp", "record", "-o", str(out), "-F", "499",
                              "--", sys.executable, str(workload), "600"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    time.sleep(1.5)
+    # Ctrl-C once the workload has run 1 s of CPU (a wall-clock wait on a loaded machine may end
+    # before it reached hot()).
+    wait_for_cpu(str(workload), 1.0, timeout=60)
     proc.send_signal(signal.SIGINT)  # to the CLI only, as a test cannot press Ctrl-C
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr

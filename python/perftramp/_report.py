@@ -293,6 +293,8 @@ def script_collapse(perf: str, data: Path, *, inline: bool = False) -> Collapsed
 #: unwinder: the reference, and what --inline uses).
 UNWINDERS = ("perftramp", "perf")
 DEFAULT_UNWINDER = "perftramp"
+#: The reader's warnings printed one per line; the rest are counted.
+WARNINGS_SHOWN = 3
 
 
 def read_collapse(data: Path) -> Optional[Collapsed]:
@@ -320,8 +322,14 @@ def read_collapse(data: Path) -> Optional[Collapsed]:
         samples += count
         if pid >= 0:
             pids.add(pid)
-    for warning in info.get("warnings", ()):
+    warnings = list(info.get("warnings", ()))
+    for warning in warnings[:WARNINGS_SHOWN]:
         say(f"warning: {data}: {warning}")
+    if len(warnings) > WARNINGS_SHOWN:
+        # A system-wide recording (perf record -a) maps files of every process on the machine,
+        # some of them out of reach (in a container or chroot): a few lines say it.
+        say(f"  and {len(warnings) - WARNINGS_SHOWN} more warnings of the reader (their frames "
+            f"stay unnamed; --unwinder perf reads with perf script)")
     lost = int(info.get("lost_chunks", 0))
     if lost:
         say(f"perf lost {lost:,} chunks of samples ({int(info.get('lost_events', 0)):,} events) "

@@ -255,7 +255,11 @@ impl Reader<'_> {
                 None => MappingKind::Vdso,
             };
             (Arc::from(path), kind)
-        } else if path.starts_with('[') || path.ends_with(" (deleted)") || !path.starts_with('/') {
+        } else if path.starts_with('[')
+            || path.ends_with(" (deleted)")
+            || !path.starts_with('/')
+            || is_jitdump_marker(path)
+        {
             (Arc::from(path), MappingKind::Opaque)
         } else {
             let kind = match self.elf_files.get(Path::new(path)) {
@@ -449,5 +453,29 @@ impl Reader<'_> {
             per_process,
             arch: self.arch.map(|a| format!("{a:?}").to_lowercase()),
         }
+    }
+}
+
+/// A jitdump's own mapping (`jit-<pid>.dump`, mapped executable only so that perf records where
+/// it is): no code runs there and it is not ELF, so it is neither read nor warned about.
+fn is_jitdump_marker(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.strip_prefix("jit-")
+        .and_then(|rest| rest.strip_suffix(".dump"))
+        .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_jitdump_marker;
+
+    #[test]
+    fn jitdump_markers_are_known_by_their_name() {
+        assert!(is_jitdump_marker("/tmp/rec/jit/jit-123.dump"));
+        assert!(is_jitdump_marker("jit-7.dump"));
+        assert!(!is_jitdump_marker("/tmp/rec/jit/jitted-123-4.so"));
+        assert!(!is_jitdump_marker("/tmp/jit-.dump"));
+        assert!(!is_jitdump_marker("/tmp/jit-12a.dump"));
+        assert!(!is_jitdump_marker("/usr/lib/libjit-1.dump.so"));
     }
 }
