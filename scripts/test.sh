@@ -219,7 +219,9 @@ tier "rust unit tests"
 # they take about half the wall time. Its output goes to target/chroot-tiers.log, printed at the
 # end; PERFTRAMP_SERIAL=1 runs it after the host tiers instead.
 chroot_tiers() {
-    local pytest_args; pytest_args=$(printf '%q ' "$@")  # for the sh -c strings run in the chroot
+    # For the sh -c strings run in the chroot. Not `printf %q` of nothing: that prints '', an
+    # empty argument pytest takes for the current directory (it then collected target/ too).
+    local pytest_args=""; [ "$#" -eq 0 ] || pytest_args=$(printf '%q ' "$@")
     # --- CPython 3.14 and 3.15 in a Debian sid chroot, with perf 7.x and the host's perf 6.1 ------------
     # The chroot sees only the host's /tmp: the checkout is copied there to be built inside.
     if [ "${PERFTRAMP_NO_SID:-0}" != 1 ]; then
