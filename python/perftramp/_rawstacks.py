@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, Iterable, Set, Tuple
+from typing import Dict, Iterable, Optional, Set, Tuple
 
 from ._perfscript import KERNEL_SUFFIX, RawSample
 
@@ -29,12 +29,17 @@ def clean(text: str) -> str:
     return text.replace("\t", " ").replace("\n", " ").replace(_US, " ")
 
 
+def key(comm: str, pid: Optional[int], frames: Iterable[Tuple[str, str]]) -> RawKey:
+    """A stack's key: its fields cleaned, -1 for an unknown pid; `frames` outermost first."""
+    return (clean(comm) or "[unknown]", pid if pid is not None else -1,
+            tuple((clean(s), clean(d)) for s, d in frames))
+
+
 def from_samples(samples: Iterable[RawSample]) -> RawStacks:
     stacks: RawStacks = {}
     for sample in samples:
-        key = (clean(sample.comm) or "[unknown]", sample.pid if sample.pid is not None else -1,
-               tuple((clean(s), clean(d)) for s, d in reversed(sample.frames)))
-        stacks[key] = stacks.get(key, 0) + 1
+        k = key(sample.comm, sample.pid, reversed(sample.frames))
+        stacks[k] = stacks.get(k, 0) + 1
     return stacks
 
 

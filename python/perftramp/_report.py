@@ -248,6 +248,15 @@ def lost_chunks(perf_stderr: str) -> int:
     return sum(int(m.group(1)) for m in _LOST.finditer(perf_stderr))
 
 
+def say_lost(chunks: int, events: Optional[int] = None) -> None:
+    """What either reader says when perf lost samples while recording."""
+    if chunks:
+        counted = f" ({events:,} events)" if events else ""
+        say(f"perf lost {chunks:,} chunks of samples{counted} while recording: the profile "
+            f"undercounts (perf could not keep up; a lower -F, or bigger buffers: "
+            f"--perf-args='-m 32M')")
+
+
 def script_collapse(perf: str, data: Path, *, inline: bool = False) -> Collapsed:
     """Runs `perf script` on `data` and collapses its samples (streamed, never held whole)."""
     command = [perf, "script", "-F", SCRIPT_FIELDS, "-i", str(data)]
@@ -278,9 +287,7 @@ def script_collapse(perf: str, data: Path, *, inline: bool = False) -> Collapsed
     if proc.returncode != 0:
         raise CliError(f"perf script -i {data} failed (exit {proc.returncode}):\n{_tail(errors)}")
     lost = lost_chunks(errors)
-    if lost:
-        say(f"perf lost {lost:,} chunks of samples while recording: the profile undercounts "
-            f"(perf could not keep up; a lower -F, or bigger buffers: --perf-args='-m 32M')")
+    say_lost(lost)
     if progress.elapsed > 2:
         say(f"perf script: {seen[0]:,} samples in {progress.elapsed:.1f} s")
     return Collapsed(raw.all_frames_collapsed(stacks), seen[0], pids, lost, stacks)
@@ -316,8 +323,7 @@ def read_collapse(data: Path) -> Optional[Collapsed]:
     pids: Set[int] = set()
     samples = 0
     for count, pid, comm, frames in rows:
-        key = (raw.clean(comm) or "[unknown]", pid,
-               tuple((raw.clean(symbol), raw.clean(dso)) for symbol, dso in frames))
+        key = raw.key(comm, pid, frames)
         stacks[key] = stacks.get(key, 0) + count
         samples += count
         if pid >= 0:
@@ -331,10 +337,7 @@ def read_collapse(data: Path) -> Optional[Collapsed]:
         say(f"  and {len(warnings) - WARNINGS_SHOWN} more warnings of the reader (their frames "
             f"stay unnamed; --unwinder perf reads with perf script)")
     lost = int(info.get("lost_chunks", 0))
-    if lost:
-        say(f"perf lost {lost:,} chunks of samples ({int(info.get('lost_events', 0)):,} events) "
-            f"while recording: the profile undercounts (perf could not keep up; a lower -F, or "
-            f"bigger buffers: --perf-args='-m 32M')")
+    say_lost(lost, int(info.get("lost_events", 0)))
     if progress.elapsed > 2:
         say(f"read {samples:,} samples in {progress.elapsed:.1f} s")
     return Collapsed(raw.all_frames_collapsed(stacks), samples, pids, lost, stacks)
