@@ -39,6 +39,7 @@ import re
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from ._measure import OFF_CPU_DSO
 from ._labels import DefinitionLines, parse_python_symbol, python_label
 from ._rawstacks import RawStacks
 
@@ -92,8 +93,8 @@ def base_symbol(symbol: str) -> str:
 
 
 # Kinds of frames (also the flamegraph's colours and the gecko categories).
-PYTHON, NATIVE, INTERPRETER, KERNEL, PROCESS, MARKER = (
-    "python", "native", "interpreter", "kernel", "process", "marker")
+PYTHON, NATIVE, INTERPRETER, KERNEL, PROCESS, MARKER, OFFCPU = (
+    "python", "native", "interpreter", "kernel", "process", "marker", "off-cpu")
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,8 @@ def is_interpreter_dso(dso: str) -> bool:
 
 
 def frame_kind(symbol: str, dso: str) -> str:
+    if dso == OFF_CPU_DSO:
+        return OFFCPU
     if symbol.startswith("py::"):
         return PYTHON
     if dso.startswith(("[kernel", "[guest.kernel")) or symbol.endswith("_[k]"):

@@ -62,6 +62,8 @@ fn kind_color(kind: &str, name: &str) -> Option<Color> {
         "native" => Some(Color { r: 225 + v1 / 10, g: 180 + v2 / 6, b: 60 + v1 / 6 }),
         // CPython's own work at the tip of a Python call (allocation, dict lookups...): muted.
         "interpreter" => Some(Color { r: 200 + v1 / 12, g: 190 + v2 / 12, b: 170 + v1 / 12 }),
+        // Off-CPU time (the wall view's `[off-CPU: reason]` leaves): blue, apart from all CPU work.
+        "off-cpu" => Some(Color { r: 70 + v1 / 10, g: 110 + v2 / 8, b: 220 + v1 / 10 }),
         // Process roots and markers (stack cut short): grey, so they read as structure.
         "process" | "marker" => {
             Some(Color { r: 190 + v1 / 20, g: 190 + v1 / 20, b: 195 + v1 / 20 })
