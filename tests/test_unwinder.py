@@ -30,7 +30,7 @@ def ours(data: Path) -> Tuple[Counter, dict]:
     """(pid, frames outermost first) -> samples, and the info dict."""
     stacks, info = read_perf_data(str(data))
     counts: Counter = collections.Counter()
-    for count, pid, _comm, frames in stacks:
+    for count, pid, _comm, frames, _event, _weight in stacks:
         counts[(pid, tuple(frames))] += count
     assert sum(counts.values()) == info["samples"]
     return counts, info

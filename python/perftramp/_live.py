@@ -277,14 +277,15 @@ def toggle_command(pid: int, requested_signal: Optional[str]) -> int:
 def record_pid(perf: str, pid: int, *, duration: float, output: Path, force: bool,
                frequency: Optional[int], requested_signal: Optional[str], top: int, inline: bool,
                unwinder: str, perf_args: List[str], all_frames: bool = False, keep_tmp: bool = False,
-               compress: bool = True) -> int:
+               compress: bool = True,
+               sampling: rec.Sampling = rec.Sampling()) -> int:
     check_process(pid)
     env = process_env(pid)
     if _wants_remote_exec(pid, env, requested_signal):
         return _record_pid_remote(perf, pid, env, duration=duration, output=output, force=force,
                                   frequency=frequency, top=top, inline=inline, unwinder=unwinder,
                                   perf_args=perf_args, all_frames=all_frames, keep_tmp=keep_tmp,
-                                  compress=compress)
+                                  compress=compress, sampling=sampling)
     signum = _validated_signal(pid, env, requested_signal)
     name = signal_name(signum)
     directory = rec.prepare_output_dir(output, force)
@@ -306,7 +307,7 @@ def record_pid(perf: str, pid: int, *, duration: float, output: Path, force: boo
     return _record_switched_on(perf, pid, env, after, directory, lambda: _turn_off(pid, signum, env),
                                duration=duration, frequency=frequency, top=top, inline=inline,
                                unwinder=unwinder, perf_args=perf_args, all_frames=all_frames, keep_tmp=keep_tmp,
-                               compress=compress)
+                               compress=compress, sampling=sampling)
 
 
 def _wants_remote_exec(pid: int, env: Dict[str, str], requested_signal: Optional[str]) -> bool:
@@ -323,7 +324,7 @@ def _wants_remote_exec(pid: int, env: Dict[str, str], requested_signal: Optional
 def _record_pid_remote(perf: str, pid: int, env: Dict[str, str], *, duration: float, output: Path,
                        force: bool, frequency: Optional[int], top: int, inline: bool, unwinder: str,
                        perf_args: List[str], all_frames: bool, keep_tmp: bool,
-                       compress: bool = True) -> int:
+                       compress: bool = True, sampling: rec.Sampling = rec.Sampling()) -> int:
     """record --pid for a process without the signal toggle, on CPython 3.14+: perftramp is
     enabled in it with sys.remote_exec and disabled the same way at the end (unless it was on
     already, which is left as found)."""
@@ -347,7 +348,8 @@ def _record_pid_remote(perf: str, pid: int, env: Dict[str, str], *, duration: fl
             perf, pid, env, files_of(pid, env), directory,
             lambda: f"perftramp was on in {pid} before this recording, and is left on",
             duration=duration, frequency=frequency, top=top, inline=inline, unwinder=unwinder,
-            perf_args=perf_args, all_frames=all_frames, keep_tmp=keep_tmp, compress=compress)
+            perf_args=perf_args, all_frames=all_frames, keep_tmp=keep_tmp, compress=compress,
+            sampling=sampling)
     session = _remote.RemoteSession(pid, exe)
     jit_dir: Optional[Path] = None
     try:
@@ -377,7 +379,8 @@ def _record_pid_remote(perf: str, pid: int, env: Dict[str, str], *, duration: fl
         return _record_switched_on(perf, pid, env, after, directory, turn_off,
                                    duration=duration, frequency=frequency, top=top,
                                    inline=inline, unwinder=unwinder, perf_args=perf_args,
-                                   all_frames=all_frames, keep_tmp=keep_tmp, compress=compress)
+                                   all_frames=all_frames, keep_tmp=keep_tmp, compress=compress,
+                                   sampling=sampling)
     finally:
         session.close()
 
@@ -385,7 +388,8 @@ def _record_pid_remote(perf: str, pid: int, env: Dict[str, str], *, duration: fl
 def _record_switched_on(perf: str, pid: int, env: Dict[str, str], after: Files, directory: Path,
                         turn_off: Callable[[], str], *, duration: float,
                         frequency: Optional[int], top: int, inline: bool, unwinder: str,
-                        perf_args: List[str], all_frames: bool, keep_tmp: bool, compress: bool = True) -> int:
+                        perf_args: List[str], all_frames: bool, keep_tmp: bool, compress: bool = True,
+                        sampling: rec.Sampling = rec.Sampling()) -> int:
     """Records `pid` (perftramp on in it, writing `after`), turns it off, and draws."""
     declared = _MODES.get(env.get("PERFTRAMP_MODE", "jit").strip() or "jit", "jit")
     mode = "jit" if after.dump is not None else "map" if after.map_size is not None else declared
@@ -409,7 +413,7 @@ def _record_switched_on(perf: str, pid: int, env: Dict[str, str], after: Files, 
             f"(PERFTRAMP_MODE=jit gives full stacks)")
     hz = frequency or rec.DEFAULT_HZ[unwind]
     data = directory / rp.PERF_DATA
-    perf_command = [perf, "record", "-F", str(hz), *rec.CALL_GRAPH[unwind],
+    perf_command = [perf, "record", *sampling.perf_args(hz), *rec.CALL_GRAPH[unwind],
                     *rec.ring_buffer_args(unwind, perf_args),
                     *rec.compress_args(perf, compress, unwind=unwind,
                                        inject=mode == "jit" and after.dump is not None,
@@ -422,7 +426,8 @@ def _record_switched_on(perf: str, pid: int, env: Dict[str, str], after: Files, 
         "perf_record": perf_command,
         "jit_dirs": [str(after.dump.parent)] if after.dump is not None and mode == "jit" else [],
         "summary": (f"pid {pid}, {mode} mode, {'fp' if unwind == 'fp' else 'dwarf'} call graphs, "
-                    f"{hz} Hz, {duration:g} s"),
+                    f"{sampling.describe(hz)}, {duration:g} s"),
+        **sampling.meta(),
     })
     say(f"recording {pid} for {duration:g} s (Ctrl-C stops early): " + " ".join(perf_command))
     try:

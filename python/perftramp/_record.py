@@ -42,6 +42,40 @@ CALL_GRAPH = {
     # elf mode: perf reads names and unwind tables from the arena images; no -k 1, no inject.
     "elf": ["--call-graph", "dwarf,65528"],
 }
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """What perf samples: CPU time (the default), CPU time plus every scheduler switch
+    (`--off-cpu`: the wall and off-CPU views), or another event (`-e EVENT`: the views weighed
+    by its count)."""
+
+    off_cpu: bool = False
+    event: Optional[str] = None
+
+    def perf_args(self, hz: int) -> List[str]:
+        if self.off_cpu:
+            # The clock keeps its frequency in its own term; `-c 1` then applies to the
+            # tracepoint alone: every switch is recorded (a rate would sample some of them).
+            return ["-e", f"cpu-clock/freq={hz}/", "-e", SCHED_SWITCH, "-c", "1", "--switch-events"]
+        if self.event:
+            return ["-e", self.event, "-F", str(hz)]
+        return ["-F", str(hz)]
+
+    def meta(self) -> Dict[str, object]:
+        return {"off_cpu": self.off_cpu, "event": self.event}
+
+    def describe(self, hz: int) -> str:
+        if self.off_cpu:
+            return f"{hz} Hz on CPU and every scheduler switch (off-CPU time)"
+        if self.event:
+            return f"{self.event} at {hz} Hz"
+        return f"{hz} Hz"
+
+
+#: The scheduler tracepoint whose samples are switch-outs.
+SCHED_SWITCH = "sched:sched_switch"
+
 #: Default sampling rates. A DWARF sample copies 64 KiB of stack (what deep Python stacks need:
 #: each Python call takes ~1 KiB of C stack), so at 499 Hz two busy cores produce 64 MB/s, more
 #: than perf drains on a 2-core machine: a forking program (black on 170 files) lost 136 chunks.
@@ -350,7 +384,8 @@ def run_perf(command: Sequence[str], env: Dict[str, str], *,
 
 def record_command(perf: str, command: List[str], *, output: Path, mode: str, frequency: Optional[int],
                    force: bool, top: int, inline: bool, unwinder: str, perf_args: List[str],
-                   all_frames: bool = False, compress: bool = True) -> int:
+                   all_frames: bool = False, compress: bool = True,
+                   sampling: Sampling = Sampling()) -> int:
     if not command:
         raise CliError("record needs a command to run: python -m perftramp record -- python app.py", 2)
     executable = resolve_command(command[0])
@@ -377,7 +412,7 @@ def record_command(perf: str, command: List[str], *, output: Path, mode: str, fr
     say(f"{plan.reason}")
     compression = compress_args(perf, compress, unwind=plan.unwind, inject=plan.mode == "jit",
                                 perf_args=perf_args)
-    perf_command = [perf, "record", "-F", str(plan.frequency), *CALL_GRAPH[plan.unwind],
+    perf_command = [perf, "record", *sampling.perf_args(plan.frequency), *CALL_GRAPH[plan.unwind],
                     *ring_buffer_args(plan.unwind, perf_args), *compression, *perf_args,
                     "-o", str(data), "--", *command]
     say(f"running: PERFTRAMP={plan.mode}"
@@ -387,7 +422,8 @@ def record_command(perf: str, command: List[str], *, output: Path, mode: str, fr
         "command": command, "mode": plan.mode, "call_graph": plan.call_graph,
         "frequency": plan.frequency, "perf_record": perf_command,
         "jit_dirs": [str(jit_dir.resolve())] if plan.mode == "jit" else [],
-        "summary": (f"{plan.mode} mode, {plan.call_graph} call graphs, {plan.frequency} Hz"),
+        "summary": f"{plan.mode} mode, {plan.call_graph} call graphs, {sampling.describe(plan.frequency)}",
+        **sampling.meta(),
     }
     rp.write_meta(directory, meta)
     run = run_perf(perf_command, env)

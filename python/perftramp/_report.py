@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from . import _folding as fold
+from . import _offcpu as oc
 from . import _perf
 from . import _perfscript as ps
 from . import _rawstacks as raw
+from ._measure import OFF_CPU, SAMPLES, WALL, Measure, event_measure
 
 # What a recording directory holds.
 PERF_DATA = "perf.data"
@@ -27,6 +29,10 @@ JIT_DATA = "perf.jit.data"
 JIT_DIR = "jit"
 COLLAPSED = "stacks.collapsed"
 RAW = "stacks.raw"
+#: `record --off-cpu`: the wall view's stacks (microseconds on and off CPU) and its drawings.
+WALL_RAW = "wall.raw"
+WALL_SVG = "flamegraph.wall.svg"
+OFF_CPU_SVG = "flamegraph.off-cpu.svg"
 SVG = "flamegraph.svg"
 #: `--native all`: every frame as perf recorded it.
 ALL_FRAMES_SVG = "flamegraph.all-frames.svg"
@@ -36,7 +42,8 @@ EXPORTS = {"pprof": "profile.pb.gz", "speedscope": "profile.speedscope.json",
 TOP = "top.txt"
 META = "perftramp.json"
 #: Every name `record` writes; `--force` removes exactly these (never anything else).
-OUTPUTS = (PERF_DATA, PERF_DATA + ".old", JIT_DATA, COLLAPSED, RAW, SVG, ALL_FRAMES_SVG, TOP, META,
+OUTPUTS = (PERF_DATA, PERF_DATA + ".old", JIT_DATA, COLLAPSED, RAW, WALL_RAW, WALL_SVG, OFF_CPU_SVG, SVG,
+           ALL_FRAMES_SVG, TOP, META,
            *EXPORTS.values(),
            "stacks.python-only.collapsed", "flamegraph.python-only.svg", "top.python-only.txt",
            "stacks.no-python.collapsed", "flamegraph.no-python.svg", "top.no-python.txt")
@@ -238,6 +245,10 @@ class Collapsed:
     lost_chunks: int = 0
     #: The samples with their DSOs (stacks.raw), what the views are folded from.
     stacks: Optional[raw.RawStacks] = None
+    #: The wall view (microseconds), when the recording has scheduler switches (--off-cpu).
+    wall: Optional[raw.RawStacks] = None
+    #: The reader's off-CPU accounting (switches, how their intervals ended), with `wall`.
+    off_cpu: Optional[Dict[str, int]] = None
 
 
 _LOST = re.compile(r"lost (\d+) chunks")
@@ -304,11 +315,23 @@ DEFAULT_UNWINDER = "perftramp"
 WARNINGS_SHOWN = 3
 
 
-def read_collapse(data: Path) -> Optional[Collapsed]:
+#: The clock events whose samples are time on CPU (their period is in nanoseconds).
+CPU_CLOCKS = ("cpu-clock", "task-clock")
+
+
+def is_cpu_clock(event: str) -> bool:
+    """`cpu-clock`, `cpu-clock/freq=249/`, `task-clock:u`: samples of time on CPU."""
+    return re.split(r"[/:]", event, maxsplit=1)[0] in CPU_CLOCKS
+
+
+def read_collapse(data: Path, *, weigh: bool = False) -> Optional[Collapsed]:
     """Reads `data` with perftramp's own reader (crates/analysis): every sample unwound with
     the mappings of its own process (perf 6's unwinder reuses the first process's libpython
-    address for all), the frames named as `perf script` names them. None, said, when the reader
-    refuses the file (an architecture it does not know): perf script reads it then."""
+    address for all), the frames named as `perf script` names them. `weigh`: count each
+    sample's period (a `record -e EVENT` recording: how many times the event happened) instead
+    of the sample. With scheduler switches in it (`record --off-cpu`), the CPU view keeps the
+    clock's samples only, and the wall view is built too. None, said, when the reader refuses
+    the file (an architecture it does not know): perf script reads it then."""
     from ._perftramp import read_perf_data
 
     with Progress(f"reading {data.name}") as progress:
@@ -319,15 +342,26 @@ def read_collapse(data: Path) -> Optional[Collapsed]:
         except ValueError as err:
             say(f"perftramp's reader cannot read it ({err}): reading it with perf script")
             return None
+    off_cpu = info.get("off_cpu") is not None
+    clocks = {event for *_, event, _ in rows if is_cpu_clock(event)}
+    cpu_event = min(clocks) if clocks else None
     stacks: raw.RawStacks = {}
     pids: Set[int] = set()
     samples = 0
-    for count, pid, comm, frames in rows:
+    for count, pid, comm, frames, event, weight in rows:
+        if oc.is_off_cpu_event(event) or (off_cpu and event != cpu_event):
+            continue
         key = raw.key(comm, pid, frames)
-        stacks[key] = stacks.get(key, 0) + count
+        stacks[key] = stacks.get(key, 0) + (weight if weigh else count)
         samples += count
         if pid >= 0:
             pids.add(pid)
+    wall = None
+    if off_cpu:
+        if cpu_event is None:
+            say(f"warning: {data} has scheduler switches but no cpu-clock samples: its wall view "
+                f"shows the time off CPU only")
+        wall = oc.wall_stacks(rows, cpu_event or "")
     warnings = list(info.get("warnings", ()))
     for warning in warnings[:WARNINGS_SHOWN]:
         say(f"warning: {data}: {warning}")
@@ -340,7 +374,8 @@ def read_collapse(data: Path) -> Optional[Collapsed]:
     say_lost(lost, int(info.get("lost_events", 0)))
     if progress.elapsed > 2:
         say(f"read {samples:,} samples in {progress.elapsed:.1f} s")
-    return Collapsed(raw.all_frames_collapsed(stacks), samples, pids, lost, stacks)
+    return Collapsed(raw.all_frames_collapsed(stacks), samples, pids, lost, stacks, wall,
+                     info.get("off_cpu"))
 
 
 # --- outputs -------------------------------------------------------------------------------------
@@ -364,7 +399,7 @@ class Report:
     processes: List[fold.ProcessStats] = field(default_factory=list)
 
 
-def top_table(stacks: Sequence[fold.ViewStack], limit: int = 15) -> str:
+def top_table(stacks: Sequence[fold.ViewStack], limit: int = 15, measure: Measure = SAMPLES) -> str:
     """The Python functions that cost the most: self = the innermost Python frame of a sample,
     total = anywhere on its stack (once per sample). Each row names the function, then where it
     is defined (`file:line`)."""
@@ -384,8 +419,8 @@ def top_table(stacks: Sequence[fold.ViewStack], limit: int = 15) -> str:
             total[frame] = total.get(frame, 0) + stack.count
     pct = 100.0 / total_samples
     rows = sorted(total, key=lambda f: (-self_samples.get(f, 0), -total[f], f.label, f.file))[:limit]
-    lines = [f"Python functions, by self time ({total_samples:,} samples; self = the innermost "
-             f"Python frame of a sample, total = anywhere on its stack):",
+    lines = [f"Python functions, by self {measure.label} ({total_samples:,} {measure.label}; self = "
+             f"the innermost Python frame of a sample, total = anywhere on its stack):",
              f"{'self':>8} {'total':>8}  function  file:line"]
     for frame in rows:
         where = f"{frame.file}:{frame.line}" if frame.line else frame.file
@@ -401,7 +436,7 @@ def top_table(stacks: Sequence[fold.ViewStack], limit: int = 15) -> str:
     return "\n".join(lines) + "\n"
 
 
-_SVG_TITLE = re.compile(r"<title>(.*?) \(([\d,]+ samples?, [\d.]+%)\)</title>")
+_SVG_TITLE = re.compile(r"<title>(.*?) \(([\d,]+ [^,()<]+, [\d.]+%)\)</title>")
 
 
 # inferno's script labels a box with its <title> minus the trailing "(N samples, P%)"; with a
@@ -448,9 +483,11 @@ def render_filtered(directory: Path, counts: Dict[str, int], *, python: bool, ti
 
 
 def render_view(directory: Path, stacks: Sequence[fold.ViewStack], *, all_frames: bool,
-                title: str, subtitle: str) -> Path:
+                title: str, subtitle: str, name: Optional[str] = None,
+                measure: Measure = SAMPLES) -> Path:
     """The flamegraph of a view: an icicle graph (processes at the top, so the first screen
-    shows the widest boxes), frames coloured by kind, each tooltip saying where the frame is."""
+    shows the widest boxes), frames coloured by kind, each tooltip saying where the frame is.
+    `name`: the file (default flamegraph.svg, or its all-frames twin)."""
     from ._perftramp import render_flamegraph
 
     counts, kinds, details = fold.collapsed_lines(stacks)
@@ -460,8 +497,8 @@ def render_view(directory: Path, stacks: Sequence[fold.ViewStack], *, all_frames
     view = ("every frame as perf recorded it" if all_frames else
             "Python view: CPython's call machinery folded (--native all shows every frame)")
     svg = render_flamegraph(ps.format_collapsed(counts), title, f"{subtitle}; {view}",
-                            kinds=kinds, inverted=True)
-    path = directory / (ALL_FRAMES_SVG if all_frames else SVG)
+                            kinds=kinds, inverted=True, count_name=measure.label)
+    path = directory / (name or (ALL_FRAMES_SVG if all_frames else SVG))
     _write(path, add_details(svg, details))
     return path
 
@@ -549,6 +586,11 @@ def load_stacks(perf: Optional[str], directory: Path, *, rescan: bool, inline: b
         counts = ps.parse_collapsed(collapsed_path.read_text(encoding="utf-8", errors="replace"))
         return raw.from_collapsed(counts), []
     by_perf = unwinder == "perf" or inline
+    weighed = meta.get("event") or (meta.get("off_cpu") and "off-CPU time")
+    if by_perf and weighed:
+        raise CliError(f"{directory} was recorded with {weighed}: only perftramp's reader "
+                       f"weighs samples and builds off-CPU time (report it without "
+                       f"--unwinder perf and --inline)", 2)
     data = directory / PERF_DATA
     jit_data = directory / JIT_DATA
     listed = meta.get("jit_dirs")
@@ -565,7 +607,10 @@ def load_stacks(perf: Optional[str], directory: Path, *, rescan: bool, inline: b
     if meta.get("mode") == "map" and gone:
         say(f"/tmp/perf-{gone[0]}.map is gone: the Python frames of process {gone[0]} can no "
             f"longer be named (report without --rescan reuses {RAW})")
-    result = None if by_perf else read_collapse(source)
+    result = None if by_perf else read_collapse(source, weigh=bool(meta.get("event")))
+    if result is None and weighed:
+        raise CliError(f"{source} cannot be read by perftramp's reader, and perf script cannot "
+                       f"weigh its samples ({weighed})")
     if result is None:
         perf = perf or find_perf()
         result = script_collapse(perf, source, inline=inline)
@@ -573,11 +618,40 @@ def load_stacks(perf: Optional[str], directory: Path, *, rescan: bool, inline: b
     assert result.stacks is not None
     raw.write_raw(raw_path, result.stacks)
     written = [write_collapsed(directory, result.counts), raw_path]
+    wall_path = directory / WALL_RAW
+    if result.wall is not None:
+        raw.write_raw(wall_path, result.wall)
+        written.append(wall_path)
+    elif wall_path.exists():
+        wall_path.unlink()  # from an earlier recording in this directory
     meta["pids"] = sorted(result.pids)
     meta["lost_chunks"] = result.lost_chunks
     meta["unwinder"] = "perf" if by_perf else "perftramp"
+    meta["off_cpu_summary"] = result.off_cpu
     write_meta(directory, meta)
     return result.stacks, written
+
+
+def load_wall(directory: Path) -> Optional[raw.RawStacks]:
+    """The wall view's stacks of an off-CPU recording (wall.raw), None for others."""
+    path = directory / WALL_RAW
+    return raw.read_raw(path) if path.is_file() else None
+
+
+def render_wall(directory: Path, wall_view: Sequence[fold.ViewStack], *, title: str,
+                subtitle: str) -> List[Path]:
+    """flamegraph.wall.svg (on CPU and off CPU, the waits blue, under a box naming why) and
+    flamegraph.off-cpu.svg (the waits alone)."""
+    written = [render_view(directory, wall_view, all_frames=False, title=f"{title} (wall time)",
+                           subtitle=f"{subtitle}; on CPU and off CPU (blue: waiting, and why)",
+                           name=WALL_SVG, measure=WALL)]
+    off_cpu = oc.off_cpu_only(wall_view)
+    if off_cpu:
+        written.append(render_view(directory, off_cpu, all_frames=False,
+                                   title=f"{title} (off-CPU time)",
+                                   subtitle=f"{subtitle}; off CPU only, by why the thread waited",
+                                   name=OFF_CPU_SVG, measure=OFF_CPU))
+    return written
 
 
 def finish(perf: Optional[str], directory: Path, *, rescan: bool, python: Optional[bool],
@@ -593,7 +667,10 @@ def finish(perf: Optional[str], directory: Path, *, rescan: bool, python: Option
     if title is None:
         command = meta.get("command")
         title = f"perftramp: {' '.join(command)}" if isinstance(command, list) else f"perftramp: {directory}"
-    subtitle = str(meta.get("summary") or f"{sum(counts.values()):,} samples")
+    event = meta.get("event")
+    measure = event_measure(event) if isinstance(event, str) and event else SAMPLES
+    subtitle = str(meta.get("summary") or f"{sum(counts.values()):,} {measure.label}")
+    wall = load_wall(directory)
     with Progress("drawing the flamegraph"):
         python_view = fold.python_view(stacks)
         if python is not None:
@@ -603,8 +680,13 @@ def finish(perf: Optional[str], directory: Path, *, rescan: bool, python: Option
                                        all_frames=True, title=title, subtitle=subtitle))
         else:
             written.append(render_view(directory, python_view, all_frames=False, title=title,
-                                       subtitle=subtitle))
-    table = top_table(python_view, limit)
+                                       subtitle=subtitle, measure=measure))
+        wall_view = fold.python_view(wall) if wall else []
+        if wall_view:
+            written += render_wall(directory, wall_view, title=title, subtitle=subtitle)
+    table = top_table(python_view, limit, measure)
+    if wall_view:
+        table += "\n" + oc.wall_table(wall_view, limit) + "\n" + oc.thread_table(wall_view)
     top_path = directory / f"top{FILTERS[python]}.txt"
     _write(top_path, table)
     written.append(top_path)
@@ -629,7 +711,9 @@ def summary_lines(report: Report, meta: Dict[str, object], *, limit: int = SUMMA
     samples = report.samples
     lost = meta.get("lost_chunks")
     share = 100.0 * report.python_samples / samples if samples else 0.0
-    lines = [f"{samples:,} samples; "
+    event = meta.get("event")
+    counted = event_measure(event).label if isinstance(event, str) and event else "samples"
+    lines = [f"{samples:,} {counted}; "
              + (f"perf LOST {lost:,} chunks of samples (see above)" if isinstance(lost, int) and lost
                 else "no samples lost")
              + f"; {share:.0f}% with a Python frame"
@@ -654,6 +738,27 @@ def summary_lines(report: Report, meta: Dict[str, object], *, limit: int = SUMMA
             lines.append(f"  and {len(rest)} more process{'es' if len(rest) > 1 else ''} "
                          f"({sum(p.samples for p in rest):,} samples)")
     lines += interpreter_warnings(processes, meta, limit=limit, say_not_on=say_not_on)
+    lines += off_cpu_lines(meta)
+    return lines
+
+
+def off_cpu_lines(meta: Dict[str, object]) -> List[str]:
+    """How the off-CPU intervals of a --off-cpu recording were closed, and what was lost."""
+    summary = meta.get("off_cpu_summary")
+    if not isinstance(summary, dict):
+        if meta.get("off_cpu"):
+            return ["off CPU: no scheduler switch was recorded (python -m perftramp doctor "
+                    "checks that tracepoints can be recorded here)"]
+        return []
+    switches = int(summary.get("switches", 0))
+    lines = [f"off CPU: {switches:,} scheduler switches, each timed to the thread's next "
+             f"switch-in ({int(summary.get('ended_by_switch_in', 0)):,}), else its next sample "
+             f"({int(summary.get('ended_by_sample', 0)):,}) or the end of the recording "
+             f"({int(summary.get('open_at_end', 0)):,})"]
+    unreadable = int(summary.get("unreadable", 0))
+    if unreadable:
+        lines.append(f"warning: {unreadable:,} switches had no readable state (an unexpected "
+                     f"sched_switch layout): their time off CPU is missing from the wall view")
     return lines
 
 

@@ -60,9 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "functions into DIR. With --pid: turn perftramp on in a live process started "
                     "with PERFTRAMP_SIGNAL=USR2 (or, on CPython 3.14+, in any process, through "
                     "sys.remote_exec), record it for --duration seconds, turn it off.",
-        usage="%(prog)s [-o DIR] [--mode {auto,map,jit,elf}] [-F HZ] [--force] [--no-compress] "
-              "-- CMD [ARGS...]\n"
-              "       %(prog)s --pid PID [--duration S] [-o DIR] [--force] [--no-compress]")
+        usage="%(prog)s [-o DIR] [--mode {auto,map,jit,elf}] [-F HZ] [--off-cpu | -e EVENT] [--force] "
+              "[--no-compress] -- CMD [ARGS...]\n"
+              "       %(prog)s --pid PID [--duration S] [-o DIR] [--off-cpu | -e EVENT] [--force] "
+              "[--no-compress]")
     record.add_argument("-o", "--output", type=Path, metavar="DIR",
                         help="output directory (default: ./perftramp-<date>-<time>)")
     record.add_argument("--mode", choices=("auto", "map", "jit", "elf"), default="auto",
@@ -72,6 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"samples per second (default {DEFAULT_HZ['fp']} with fp stacks, "
                              f"{DEFAULT_HZ['dwarf']} with dwarf: each dwarf sample copies 64 KiB "
                              f"of stack)")
+    measured = record.add_mutually_exclusive_group()
+    measured.add_argument("--off-cpu", action="store_true",
+                          help="also record every scheduler switch (the sched:sched_switch "
+                               "tracepoint, with stacks): where each thread waits and why (GIL, "
+                               "lock, I/O, sleep, page fault, preempted), drawn with the CPU time "
+                               "in flamegraph.wall.svg and alone in flamegraph.off-cpu.svg; needs "
+                               "root, or kernel.perf_event_paranoid=-1 and a readable tracefs "
+                               "(python -m perftramp doctor checks)")
+    measured.add_argument("-e", "--event", metavar="EVENT",
+                          help="sample this perf event instead of CPU time, and weigh the views "
+                               "by its count: page-faults (memory touched), context-switches, "
+                               "cycles or instructions where the machine has hardware counters "
+                               "(perf list shows them)")
     record.add_argument("--force", action="store_true", help="replace the recording in an existing DIR")
     record.add_argument("--pid", type=_positive_int,
                         help="record this live process instead of a command: one started with "
@@ -165,6 +179,10 @@ def cmd_record(opts: argparse.Namespace, command: List[str]) -> int:
         perf_args = shlex.split(opts.perf_args)
     except ValueError as err:
         raise CliError(f"--perf-args: {err}", 2) from None
+    sampling = _record.Sampling(off_cpu=opts.off_cpu, event=opts.event)
+    if (opts.off_cpu or opts.event) and (opts.inline or opts.unwinder == "perf"):
+        raise CliError("--off-cpu and -e need perftramp's reader (it weighs samples and builds "
+                       "off-CPU time): drop --inline and --unwinder perf", 2)
     if opts.pid is not None:
         if command:
             raise CliError("give either --pid PID or a command, not both", 2)
@@ -178,7 +196,7 @@ def cmd_record(opts: argparse.Namespace, command: List[str]) -> int:
                                 force=opts.force, frequency=opts.frequency,
                                 requested_signal=opts.signal, top=opts.top, inline=opts.inline,
                                 unwinder=opts.unwinder, perf_args=perf_args, all_frames=opts.native == "all",
-                                keep_tmp=opts.keep_tmp, compress=opts.compress)
+                                keep_tmp=opts.keep_tmp, compress=opts.compress, sampling=sampling)
     if opts.keep_tmp:
         raise CliError("--keep-tmp applies to --pid only (a command's files go to DIR/jit)", 2)
     if not command:
@@ -188,7 +206,8 @@ def cmd_record(opts: argparse.Namespace, command: List[str]) -> int:
     return _record.record_command(perf, command, output=output, mode=opts.mode,
                                   frequency=opts.frequency, force=opts.force, top=opts.top,
                                   inline=opts.inline, unwinder=opts.unwinder, perf_args=perf_args,
-                                  all_frames=opts.native == "all", compress=opts.compress)
+                                  all_frames=opts.native == "all", compress=opts.compress,
+                                  sampling=sampling)
 
 
 def cmd_report(opts: argparse.Namespace) -> int:

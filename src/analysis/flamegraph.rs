@@ -96,13 +96,15 @@ https://github.com/jonhoo/inferno and https://github.com/brendangregg/FlameGraph
 /// `kinds` maps frame names to their kind (python, native, interpreter, kernel, process,
 /// marker), which chooses their colour; names it does not hold are coloured by their name.
 /// `inverted` draws an icicle graph (roots at the top: the first screen shows the widest
-/// boxes instead of thin tips over empty background).
+/// boxes instead of thin tips over empty background). `count_name` is what the counts are
+/// (`samples`, `µs`), as the tooltips say it.
 pub fn render(
     lines: &[&str],
     title: &str,
     subtitle: Option<&str>,
     kinds: &HashMap<String, String>,
     inverted: bool,
+    count_name: &str,
 ) -> io::Result<String> {
     let mut palette_map = PaletteMap::default();
     let mut seen: HashSet<&str> = HashSet::new();
@@ -126,7 +128,7 @@ pub fn render(
     options.notes = LICENCE_NOTE.to_owned();
     options.colors = Palette::Basic(BasicPalette::Hot);
     options.deterministic = true;
-    options.count_name = "samples".to_owned();
+    options.count_name = count_name.to_owned();
     options.name_type = "Function:".to_owned();
     options.palette_map = Some(&mut palette_map);
     options.text_truncate_direction = TextTruncateDirection::Right;
@@ -142,12 +144,12 @@ pub fn render(
     String::from_utf8(svg).map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))
 }
 
-/// `render_flamegraph(collapsed_lines, title, subtitle=None, kinds=None, inverted=False) -> str`:
-/// the SVG of collapsed stacks, given as one text or a list of lines; `kinds` maps frame names
-/// to their kind (colour). Raises ValueError when they hold no sample. The GIL is released
+/// `render_flamegraph(collapsed_lines, title, subtitle=None, kinds=None, inverted=False,
+/// count_name="samples") -> str`: the SVG of collapsed stacks, given as one text or a list of
+/// lines; `kinds` maps frame names to their kind (colour); `count_name` names the counts. Raises ValueError when they hold no sample. The GIL is released
 /// while drawing.
 #[pyfunction]
-#[pyo3(signature = (collapsed_lines, title, subtitle=None, kinds=None, inverted=false))]
+#[pyo3(signature = (collapsed_lines, title, subtitle=None, kinds=None, inverted=false, count_name="samples"))]
 pub fn render_flamegraph(
     py: Python<'_>,
     collapsed_lines: &Bound<'_, PyAny>,
@@ -155,6 +157,7 @@ pub fn render_flamegraph(
     subtitle: Option<String>,
     kinds: Option<HashMap<String, String>>,
     inverted: bool,
+    count_name: &str,
 ) -> PyResult<String> {
     let kinds = kinds.unwrap_or_default();
     let texts: Vec<String> = if let Ok(text) = collapsed_lines.cast::<PyString>() {
@@ -166,7 +169,7 @@ pub fn render_flamegraph(
     };
     py.detach(|| {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        render(&refs, &title, subtitle.as_deref(), &kinds, inverted)
+        render(&refs, &title, subtitle.as_deref(), &kinds, inverted, count_name)
     })
     .map_err(|err| match err.kind() {
         io::ErrorKind::InvalidData => PyValueError::new_err(format!("no flamegraph drawn: {err}")),
@@ -185,7 +188,7 @@ mod tests {
             "python3;main;py::main:/t.py;write;ksys_write_[k] 10\n# comment\n\n",
         ];
         let none = HashMap::new();
-        let svg = render(&lines, "perftramp test", Some("sub"), &none, false).unwrap();
+        let svg = render(&lines, "perftramp test", Some("sub"), &none, false, "samples").unwrap();
         assert!(svg.starts_with("<?xml"));
         assert!(svg.contains("py::fib:/t.py"));
         assert!(svg.contains("perftramp test"));
@@ -200,12 +203,12 @@ mod tests {
             svg.contains("<!--NOTES: drawn by perftramp with inferno") && svg.contains("CDDL-1.0")
         );
         // Deterministic: same input, same bytes.
-        assert_eq!(svg, render(&lines, "perftramp test", Some("sub"), &none, false).unwrap());
+        assert_eq!(svg, render(&lines, "perftramp test", Some("sub"), &none, false, "samples").unwrap());
     }
 
     #[test]
     fn no_sample_is_an_error() {
-        let err = render(&["", "# nothing"], "t", None, &HashMap::new(), false).unwrap_err();
+        let err = render(&["", "# nothing"], "t", None, &HashMap::new(), false, "samples").unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 
@@ -231,7 +234,7 @@ mod tests {
         .iter()
         .map(|(n, k)| (n.to_string(), k.to_string()))
         .collect();
-        let svg = render(&lines, "t", None, &kinds, true).unwrap();
+        let svg = render(&lines, "t", None, &kinds, true, "samples").unwrap();
         for (name, kind) in &kinds {
             let c = kind_color(kind, name).unwrap();
             assert!(svg.contains(&format!("rgb({},{},{})", c.r, c.g, c.b)), "{name}");

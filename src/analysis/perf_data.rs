@@ -8,10 +8,14 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 use perftramp_analysis::{read_recording, AnalysisError, Options, Recording};
 
 /// Reads a perf.data file: returns `(stacks, info)` where `stacks` is a list of
-/// `(count, pid, comm, [(symbol, dso), ...])` with frames OUTERMOST first (named as
-/// `perf script -F comm,pid,tid,ip,sym,dso --no-inline` names them), and `info` a dict with
-/// `samples`, `lost_events`, `lost_chunks` (PERF_RECORD_LOST records, perf's "lost N chunks"), `warnings`, `arch` and `processes` (a list of
-/// `(pid, comm, samples)`). `inline` is accepted but not implemented (frames are never split
+/// `(count, pid, comm, [(symbol, dso), ...], event, weight)` with frames OUTERMOST first (named
+/// as `perf script -F comm,pid,tid,ip,sym,dso --no-inline` names them); `event` is the sampled
+/// event's name, or `off-cpu:<state>` for time off CPU (then `count` is the number of
+/// intervals and `weight` their nanoseconds; else `weight` is the samples' summed period).
+/// `info` is a dict with `samples`, `lost_events`, `lost_chunks` (PERF_RECORD_LOST records,
+/// perf's "lost N chunks"), `warnings`, `arch`, `processes` (a list of `(pid, comm, samples)`)
+/// and `off_cpu` (None, or a dict: `switches`, `ended_by_switch_in`, `ended_by_sample`,
+/// `open_at_end`, `unreadable`). `inline` is accepted but not implemented (frames are never split
 /// into inlined functions). The GIL is released while reading. Raises OSError (with
 /// `filename`) when the file cannot be read, ValueError when it is not a usable perf.data file.
 #[pyfunction]
@@ -49,7 +53,7 @@ fn to_python(
         for frame in stack.frames {
             frames.append(PyTuple::new(py, [frame.symbol, frame.dso])?)?;
         }
-        stacks.append((stack.count, stack.pid, stack.comm, frames))?;
+        stacks.append((stack.count, stack.pid, stack.comm, frames, stack.event, stack.weight))?;
     }
     let info = PyDict::new(py);
     info.set_item("samples", recording.samples)?;
@@ -62,5 +66,17 @@ fn to_python(
         processes.append((pid, summary.comm, summary.samples))?;
     }
     info.set_item("processes", processes)?;
+    match recording.off_cpu {
+        Some(summary) => {
+            let off_cpu = PyDict::new(py);
+            off_cpu.set_item("switches", summary.switches)?;
+            off_cpu.set_item("ended_by_switch_in", summary.ended_by_switch_in)?;
+            off_cpu.set_item("ended_by_sample", summary.ended_by_sample)?;
+            off_cpu.set_item("open_at_end", summary.open_at_end)?;
+            off_cpu.set_item("unreadable", summary.unreadable)?;
+            info.set_item("off_cpu", off_cpu)?;
+        }
+        None => info.set_item("off_cpu", py.None())?,
+    }
     Ok((stacks, info))
 }

@@ -14,10 +14,11 @@
 //! Modules: [`perf_data`] (records in time order, samples), [`process`] (per-process mappings
 //! across fork/exec), [`elf_file`] (ELF placement, unwind sections, symbols, debug files),
 //! [`unwind`] (framehop), [`symbols`] (symbol tables, perf maps, kallsyms), [`stacks`]
-//! (interning and aggregation), [`error`].
+//! (interning and aggregation), [`off_cpu`] (scheduler switches into time off CPU), [`error`].
 
 pub mod elf_file;
 pub mod error;
+pub mod off_cpu;
 pub mod perf_data;
 pub mod process;
 pub mod stacks;
@@ -53,7 +54,7 @@ pub struct Frame {
     pub dso: String,
 }
 
-/// A distinct stack and how many samples had it.
+/// A distinct stack, how many samples (or off-CPU intervals) had it, and their weight.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stack {
     /// The sampled process (-1 when the sample has no pid).
@@ -62,7 +63,14 @@ pub struct Stack {
     pub comm: String,
     /// OUTERMOST first.
     pub frames: Vec<Frame>,
+    /// What was measured: the sampled event's name (`cpu-clock`, `page-faults`, as perf
+    /// names it), or `off-cpu:<state>` for time off CPU from a switch-out at this stack to the
+    /// thread's next switch-in (state: the kernel's letters at the switch, `S`, `D`, `R`...).
+    pub event: String,
     pub count: u64,
+    /// The samples' summed periods (cpu-clock: nanoseconds on CPU; another event: how many
+    /// times it happened), or the nanoseconds off CPU.
+    pub weight: u64,
 }
 
 /// What one process contributed.
@@ -90,6 +98,8 @@ pub struct Recording {
     pub per_process: Vec<(i32, ProcessSummary)>,
     /// The recording's architecture (`x86_64`, `aarch64`), when known.
     pub arch: Option<String>,
+    /// Off-CPU accounting, when the recording has `sched:sched_switch` samples.
+    pub off_cpu: Option<off_cpu::OffCpuSummary>,
 }
 
 /// Reads the perf.data file at `path` (zstd-compressed `perf record -z` files included).

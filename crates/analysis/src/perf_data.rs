@@ -1,6 +1,8 @@
 //! Reading a perf.data file in time order: process state from MMAP/MMAP2/COMM/FORK records,
 //! and each sample's stack (kernel callchain, then user frames from unwinding the stack copy,
-//! the user callchain, or the ip alone), named with its own process's mappings.
+//! the user callchain, or the ip alone), named with its own process's mappings. Samples are
+//! weighed by their period and kept apart by event; `sched:sched_switch` samples become time
+//! off CPU (see [`crate::off_cpu`]).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -11,12 +13,14 @@ use std::sync::Arc;
 use framehop::FrameAddress;
 use linux_perf_data::linux_perf_event_reader::constants::{
     PERF_CONTEXT_KERNEL, PERF_CONTEXT_MAX, PERF_CONTEXT_USER, PERF_RECORD_LOST_SAMPLES,
+    PERF_RECORD_MISC_SWITCH_OUT, PERF_RECORD_SWITCH, PERF_RECORD_SWITCH_CPU_WIDE,
 };
 use linux_perf_data::linux_perf_event_reader::{CpuMode, EventRecord, SampleRecord};
 use linux_perf_data::{Endianness, PerfFileReader, PerfFileRecord};
 
 use crate::elf_file::ElfCache;
 use crate::error::AnalysisError;
+use crate::off_cpu::{state_letters, switched_out_state, Ended, OffCpuTracker};
 use crate::process::{Mapping, MappingKind, ProcessTable};
 use crate::stacks::{FrameIds, StackCounts};
 use crate::symbols::{parse_perf_map, KernelSymbols, SymbolTable};
@@ -25,6 +29,8 @@ use crate::{Frame, Options, ProcessSummary, Recording, Stack};
 
 const UNKNOWN: &str = "[unknown]";
 const PROT_EXEC: u32 = 4;
+/// The tracepoint whose samples are switch-outs.
+const SCHED_SWITCH: &str = "sched:sched_switch";
 
 /// Where a frame address came from: it decides how it is named.
 #[derive(Clone, Copy)]
@@ -55,6 +61,14 @@ struct Reader<'o> {
     kernel: Option<KernelSymbols>,
     perf_maps: HashMap<i32, Arc<SymbolTable>>,
     counts: StackCounts,
+    /// The interned name of each event (by attribute index), and the one being read.
+    event_names: Vec<u32>,
+    attr: usize,
+    /// The `sched:sched_switch` attribute, when recorded: its samples are switch-outs.
+    switch_attr: Option<usize>,
+    off_cpu: OffCpuTracker,
+    /// The latest timestamp read (where open off-CPU intervals end).
+    last_time: u64,
     per_process: HashMap<i32, ProcessSummary>,
     samples: u64,
     lost_events: u64,
@@ -88,6 +102,17 @@ pub fn read(path: &Path, options: &Options) -> Result<Recording, AnalysisError> 
         });
     }
 
+    let mut counts = StackCounts::default();
+    let attributes = perf_file.event_attributes();
+    let event_names: Vec<u32> = attributes
+        .iter()
+        .enumerate()
+        .map(|(i, a)| match a.name() {
+            Some(name) => counts.names.intern_str(name),
+            None => counts.names.intern_str(&format!("event{i}")),
+        })
+        .collect();
+    let switch_attr = attributes.iter().position(|a| a.name() == Some(SCHED_SWITCH));
     let mut state = Reader {
         options,
         arch,
@@ -96,7 +121,12 @@ pub fn read(path: &Path, options: &Options) -> Result<Recording, AnalysisError> 
         elf_files: ElfCache::default(),
         kernel: None,
         perf_maps: HashMap::new(),
-        counts: StackCounts::default(),
+        counts,
+        event_names,
+        attr: 0,
+        switch_attr,
+        off_cpu: OffCpuTracker::default(),
+        last_time: 0,
         per_process: HashMap::new(),
         samples: 0,
         lost_events: 0,
@@ -117,9 +147,18 @@ pub fn read(path: &Path, options: &Options) -> Result<Recording, AnalysisError> 
             Ok(None) => break,
             Err(e) => return Err(record_error(path, e)),
         };
-        let PerfFileRecord::EventRecord { record, .. } = record else { continue };
+        let PerfFileRecord::EventRecord { attr_index, record } = record else { continue };
+        state.attr = attr_index;
         if record.record_type.0 == PERF_RECORD_LOST_SAMPLES {
             state.lost_events += state.read_u64(&record.data.as_slice());
+            continue;
+        }
+        if matches!(record.record_type.0, PERF_RECORD_SWITCH | PERF_RECORD_SWITCH_CPU_WIDE) {
+            if record.misc & PERF_RECORD_MISC_SWITCH_OUT == 0 {
+                if let Ok(common) = record.common_data() {
+                    state.switched_in(common.tid, common.timestamp);
+                }
+            }
             continue;
         }
         match record.parse() {
@@ -278,11 +317,26 @@ impl Reader<'_> {
         self.processes.process(pid).map(Mapping { start, end, pgoff, dso, kind });
     }
 
+    /// A switch-in record: the thread's off-CPU interval (if any) ends.
+    fn switched_in(&mut self, tid: Option<i32>, time: Option<u64>) {
+        let (Some(tid), Some(time)) = (tid, time) else { return };
+        self.last_time = self.last_time.max(time);
+        self.off_cpu.ran(&mut self.counts, tid, time, Ended::SwitchIn);
+    }
+
     fn sample(&mut self, sample: &SampleRecord<'_>) {
         let pid = sample.pid.unwrap_or(-1);
         let tid = sample.tid.unwrap_or(pid);
-        self.samples += 1;
-        self.per_process.entry(pid).or_default().samples += 1;
+        let time = sample.timestamp.unwrap_or(self.last_time);
+        self.last_time = self.last_time.max(time);
+        let is_switch = Some(self.attr) == self.switch_attr;
+        if !is_switch {
+            self.samples += 1;
+            self.per_process.entry(pid).or_default().samples += 1;
+            if self.switch_attr.is_some() {
+                self.off_cpu.ran(&mut self.counts, tid, time, Ended::Sample);
+            }
+        }
 
         let mut raw_frames = std::mem::take(&mut self.raw_frames);
         raw_frames.clear();
@@ -303,9 +357,37 @@ impl Reader<'_> {
             Some(name) => self.counts.names.intern(&name.clone()),
             None => self.counts.names.intern_str(&format!(":{tid}")),
         };
-        self.counts.add(pid, comm, &frame_ids, 1);
+        if is_switch {
+            self.switched_out(sample, pid, tid, comm, &frame_ids, time);
+        } else {
+            let event = self.event_names.get(self.attr).copied().unwrap_or(0);
+            self.counts.add(pid, comm, event, &frame_ids, sample.period.unwrap_or(1));
+        }
         self.raw_frames = raw_frames;
         self.frame_ids = frame_ids;
+    }
+
+    /// A `sched:sched_switch` sample: the thread leaves the CPU at `frames`, in the state its
+    /// raw data gives.
+    fn switched_out(
+        &mut self,
+        sample: &SampleRecord<'_>,
+        pid: i32,
+        tid: i32,
+        comm: u32,
+        frames: &[FrameIds],
+        time: u64,
+    ) {
+        let little = matches!(self.endian, Endianness::LittleEndian);
+        let state =
+            sample.raw.as_ref().and_then(|raw| switched_out_state(&raw.as_slice(), tid, little));
+        let Some(state) = state else {
+            self.off_cpu.summary.unreadable += 1;
+            self.warn(format!("{SCHED_SWITCH} samples without the expected raw fields (prev_pid, prev_state): their off-CPU time is not counted"));
+            return;
+        };
+        let event = self.counts.names.intern_str(&format!("off-cpu:{}", state_letters(state)));
+        self.off_cpu.switched_out(&mut self.counts, tid, pid, comm, event, frames, time);
     }
 
     /// The sample's frame addresses, innermost first.
@@ -420,6 +502,9 @@ impl Reader<'_> {
     }
 
     fn finish(mut self) -> Recording {
+        if self.switch_attr.is_some() {
+            self.off_cpu.finish(&mut self.counts, self.last_time);
+        }
         if self.kernel.as_ref().is_some_and(KernelSymbols::is_empty) {
             self.warn("/proc/kallsyms gave no addresses (run as root or lower kernel.kptr_restrict): kernel frames are [unknown]".into());
         }
@@ -427,9 +512,11 @@ impl Reader<'_> {
         let stacks = self
             .counts
             .iter()
-            .map(|(pid, comm, frames, count)| Stack {
+            .map(|(pid, comm, event, frames, count, weight)| Stack {
                 pid,
                 comm: names.get(comm).to_owned(),
+                event: names.get(event).to_owned(),
+                weight,
                 frames: frames
                     .iter()
                     .rev()
@@ -452,6 +539,7 @@ impl Reader<'_> {
             warnings: self.warnings,
             per_process,
             arch: self.arch.map(|a| format!("{a:?}").to_lowercase()),
+            off_cpu: self.switch_attr.map(|_| self.off_cpu.summary),
         }
     }
 }

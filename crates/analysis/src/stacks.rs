@@ -1,5 +1,6 @@
-//! Aggregation of identical stacks: strings interned once, each distinct (pid, comm, frames)
-//! counted, so memory grows with the number of distinct stacks, not of samples.
+//! Aggregation of identical stacks: strings interned once, each distinct (pid, comm, event,
+//! frames) counted and weighed, so memory grows with the number of distinct stacks, not of
+//! samples.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -91,6 +92,8 @@ pub type FrameIds = (u32, u32);
 struct StackKey {
     pid: i32,
     comm: u32,
+    /// What was measured (interned): the event's name, or `off-cpu:<state>`.
+    event: u32,
     /// Innermost first, as collected.
     frames: Box<[FrameIds]>,
 }
@@ -99,23 +102,27 @@ struct StackKey {
 #[derive(Default)]
 pub struct StackCounts {
     pub names: Interner,
-    counts: HashMap<StackKey, u64, FxBuild>,
+    /// (how many samples or intervals, their summed weight) of each distinct stack.
+    counts: HashMap<StackKey, (u64, u64), FxBuild>,
 }
 
 impl StackCounts {
-    /// Counts one sample's stack (`frames` innermost first).
-    pub fn add(&mut self, pid: i32, comm: u32, frames: &[FrameIds], count: u64) {
-        let key = StackKey { pid, comm, frames: frames.into() };
-        *self.counts.entry(key).or_insert(0) += count;
+    /// Counts one sample's (or off-CPU interval's) stack, `frames` innermost first, with its
+    /// weight (the sample's period, or nanoseconds off CPU).
+    pub fn add(&mut self, pid: i32, comm: u32, event: u32, frames: &[FrameIds], weight: u64) {
+        let key = StackKey { pid, comm, event, frames: frames.into() };
+        let entry = self.counts.entry(key).or_insert((0, 0));
+        entry.0 += 1;
+        entry.1 = entry.1.saturating_add(weight);
     }
 
     pub fn distinct(&self) -> usize {
         self.counts.len()
     }
 
-    /// (pid, comm id, frames innermost first, count) of every distinct stack.
-    pub fn iter(&self) -> impl Iterator<Item = (i32, u32, &[FrameIds], u64)> {
-        self.counts.iter().map(|(k, &c)| (k.pid, k.comm, &*k.frames, c))
+    /// (pid, comm id, event id, frames innermost first, count, weight) of every distinct stack.
+    pub fn iter(&self) -> impl Iterator<Item = (i32, u32, u32, &[FrameIds], u64, u64)> {
+        self.counts.iter().map(|(k, &(c, w))| (k.pid, k.comm, k.event, &*k.frames, c, w))
     }
 }
 
@@ -129,13 +136,16 @@ mod tests {
         let comm = counts.names.intern_str("python");
         let a = counts.names.intern_str("a");
         let dso = counts.names.intern_str("/lib/x.so");
+        let event = counts.names.intern_str("cpu-clock");
         assert_eq!(counts.names.intern_str("a"), a);
-        counts.add(1, comm, &[(a, dso)], 1);
-        counts.add(1, comm, &[(a, dso)], 2);
-        counts.add(2, comm, &[(a, dso)], 1);
+        counts.add(1, comm, event, &[(a, dso)], 10);
+        counts.add(1, comm, event, &[(a, dso)], 20);
+        counts.add(2, comm, event, &[(a, dso)], 10);
         assert_eq!(counts.distinct(), 2);
-        let total: u64 = counts.iter().map(|(_, _, _, c)| c).sum();
-        assert_eq!(total, 4);
+        let total: u64 = counts.iter().map(|(_, _, _, _, c, _)| c).sum();
+        assert_eq!(total, 3);
+        let weight: u64 = counts.iter().map(|(_, _, _, _, _, w)| w).sum();
+        assert_eq!(weight, 40);
         assert_eq!(counts.names.get(dso), "/lib/x.so");
     }
 }
