@@ -78,6 +78,8 @@ fi
 for m in proc sys dev dev/pts tmp; do
     mountpoint -q "$SID_ROOT/$m" || { mkdir -p "$SID_ROOT/$m"; mount --bind "/$m" "$SID_ROOT/$m"; }
 done
+# tracefs, as scripts/sid-chroot.sh mounts it (/sys is bound without its submounts): tracepoints.
+mountpoint -q "$SID_ROOT/sys/kernel/tracing" || mount -t tracefs nodev "$SID_ROOT/sys/kernel/tracing"
 end "chroot + mounts"
 
 # --- 1. cross toolchain, qemu, arm64 CPython libraries ------------------------------------------

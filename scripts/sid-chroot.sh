@@ -16,7 +16,7 @@
 #   PYTHONS="3.14 3.15"    interpreters to install
 #   HOST_PERF=1            also copy the host's perf into the chroot (0 to skip)
 #
-# The chroot shares the host's /tmp, /proc, /sys and /dev (and so the pid space): files built
+# The chroot shares the host's /tmp, /proc, /sys (with tracefs) and /dev (and so the pid space): files built
 # or read inside must be under /tmp. Run things with:
 #   chroot /opt/sid /usr/bin/env -i HOME=/root LANG=C.UTF-8 PATH=/usr/local/bin:/usr/bin:/bin CMD
 set -euo pipefail
@@ -34,8 +34,14 @@ log() { printf '[setup-sid %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (debootstrap, chroot, mount)"
 
+# tracefs: /sys is bind-mounted without its submounts (not --rbind: umount_all would have to
+# undo every one), so the chroot's /sys/kernel/tracing is an empty directory unless tracefs is
+# mounted there too; perf needs it for tracepoints (record --off-cpu's sched:sched_switch).
+TRACEFS=sys/kernel/tracing
+
 umount_all() {
     local i m
+    if mountpoint -q "$SID_ROOT/$TRACEFS"; then umount "$SID_ROOT/$TRACEFS" && log "unmounted $SID_ROOT/$TRACEFS"; fi
     for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
         m="$SID_ROOT/${MOUNTS[i]}"
         if mountpoint -q "$m"; then umount "$m" && log "unmounted $m"; fi
@@ -49,6 +55,8 @@ mount_all() {
         mkdir -p "$SID_ROOT/$m"
         mountpoint -q "$SID_ROOT/$m" || mount --bind "/$m" "$SID_ROOT/$m"
     done
+    # A tracefs instance of its own (the same kernel state as the host's), idempotently.
+    mountpoint -q "$SID_ROOT/$TRACEFS" || mount -t tracefs nodev "$SID_ROOT/$TRACEFS"
     cp -L /etc/resolv.conf "$SID_ROOT/etc/resolv.conf"
 }
 in_sid() { chroot "$SID_ROOT" "${CLEAN_ENV[@]}" "$@"; }
@@ -157,4 +165,4 @@ end "interpreter report"
 log "== times"
 printf '  %s\n' "${TIMES[@]}" >&2
 log "total: $(($(date +%s) - total_start))s"
-log "mounted: ${MOUNTS[*]} under $SID_ROOT (bash $0 --umount before removing it)"
+log "mounted: ${MOUNTS[*]} $TRACEFS under $SID_ROOT (bash $0 --umount before removing it)"

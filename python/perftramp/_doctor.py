@@ -78,18 +78,189 @@ def capabilities() -> int:
     return 0
 
 
-def probe_record(perf: str, call_graph: List[str]) -> Tuple[bool, str]:
-    """Records `true` the way `record` would: the only sure test (containers, seccomp, mlock)."""
+def probe_perf_record(perf: str, args: List[str], timeout: float = 60) -> Tuple[bool, str]:
+    """Runs `perf record ARGS -o <tmp> -- true` quietly: (it worked, perf's first error lines)."""
     with tempfile.TemporaryDirectory(prefix="perftramp-doctor-") as tmp:
         data = os.path.join(tmp, "perf.data")
         try:
-            proc = subprocess.run([perf, "record", "-F", "99", *call_graph, "-o", data, "--", "true"],
-                                  capture_output=True, text=True, timeout=60)
+            proc = subprocess.run([perf, "record", *args, "-o", data, "--", "true"],
+                                  capture_output=True, text=True, timeout=timeout)
         except (OSError, subprocess.TimeoutExpired) as err:
             return False, str(err)
         ok = proc.returncode == 0 and os.path.isfile(data)
         lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
         return ok, ("" if ok else "\n".join(lines[:6]))
+
+
+def probe_record(perf: str, call_graph: List[str]) -> Tuple[bool, str]:
+    """Records `true` the way `record` would: the only sure test (containers, seccomp, mlock)."""
+    return probe_perf_record(perf, ["-F", "99", *call_graph])
+
+
+# --- Off-CPU time: the scheduler's tracepoints ---------------------------------------------------
+
+#: Where tracefs is (the second: kernels before 4.1, and debugfs's automount of it).
+TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+SCHED_SWITCH = "sched:sched_switch"
+TRACEFS_MOUNT_FIX = "sudo mount -t tracefs nodev /sys/kernel/tracing"
+OFF_CPU_PARANOID_FIX = "sudo sysctl kernel.perf_event_paranoid=-1"
+
+
+def probe_off_cpu(perf: str) -> Tuple[bool, str]:
+    """The sure test for `record --off-cpu`: perf records the scheduler's switch tracepoint."""
+    return probe_perf_record(perf, ["-e", SCHED_SWITCH, "-c", "1"], timeout=30)
+
+
+def tracefs_mounts(mounts: str = "/proc/self/mounts") -> List[str]:
+    """Mount points of tracefs this process sees (a chroot sees only those under its root)."""
+    try:
+        lines = Path(mounts).read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] == "tracefs":
+            # /proc/self/mounts writes spaces, tabs, newlines and backslashes as octal escapes.
+            found.append(fields[1].encode().decode("unicode_escape"))
+    return found
+
+
+def tracefs_state() -> Tuple[Optional[str], str]:
+    """(tracefs's directory or None, "ok" | "unmounted" | "unreadable" | "missing"): can this
+    user read events/sched/sched_switch/{id,format} there, which perf needs for the tracepoint."""
+    mounted = tracefs_mounts()
+    root = next((d for d in TRACEFS if d in mounted or os.path.isdir(os.path.join(d, "events"))),
+                None)
+    if root is None:
+        return None, "unmounted"
+    path = root
+    for part in ("events", "sched", "sched_switch"):
+        if not os.access(path, os.X_OK):
+            return root, "unreadable"
+        path = os.path.join(path, part)
+        if not os.path.isdir(path):
+            return root, "missing"
+    if not all(os.access(os.path.join(path, f), os.R_OK) for f in ("id", "format")):
+        return root, "unreadable"
+    return root, "ok"
+
+
+def perfmon_capable() -> bool:
+    caps = capabilities()
+    return os.geteuid() == 0 or bool(caps >> 38 & 1 or caps >> 21 & 1)
+
+
+def off_cpu_diagnosis(perf: str) -> Optional[Tuple[str, str]]:
+    """None when perf records sched:sched_switch here, else (what is missing, the exact fix)."""
+    ok, why = probe_off_cpu(perf)
+    if ok:
+        return None
+    problems: List[str] = []
+    fixes: List[str] = []
+    root, state = tracefs_state()
+    if state == "unmounted":
+        problems.append("tracefs is not mounted (no /sys/kernel/tracing/events), so perf cannot "
+                        "find the tracepoint")
+        fixes.append(TRACEFS_MOUNT_FIX)
+    elif state == "unreadable":
+        problems.append(f"{root}/events/sched/sched_switch/{{id,format}} is not readable by "
+                        f"this user (uid {os.geteuid()})")
+        chmod = f"sudo chmod -R o+rX {root}"
+        if root and root.startswith("/sys/kernel/debug/"):
+            chmod = f"sudo chmod o+rx /sys/kernel/debug && {chmod}"
+        fixes.append(f"{chmod} (or run as root)")
+    elif state == "missing":
+        problems.append(f"this kernel has no {root}/events/sched/sched_switch (a kernel built "
+                        "without tracepoints, CONFIG_TRACEPOINTS)")
+    if not perfmon_capable():
+        paranoid = rec.read_paranoid()
+        if not (paranoid.lstrip("-").isdigit() and int(paranoid) <= -1):
+            problems.append(f"kernel.perf_event_paranoid = {paranoid}: tracepoints need -1 "
+                            "(or root, CAP_PERFMON)")
+            fixes.append(f"{OFF_CPU_PARANOID_FIX} (or run as root)")
+    if not problems:
+        problems.append(f"perf cannot record the tracepoint {SCHED_SWITCH}")
+    what = (f"record --off-cpu needs perf to record the scheduler tracepoint {SCHED_SWITCH}: "
+            + "; ".join(problems))
+    if why:
+        what += " (perf says: " + " ".join(why.split()) + ")"
+    if not fixes:
+        fixes.append("run as root, or a kernel with tracepoints; `perf record -e "
+                     f"{SCHED_SWITCH} -c 1 -- true` shows perf's whole error")
+    return what, "; then ".join(fixes)
+
+
+def off_cpu_problem(perf: str) -> Optional[str]:
+    """What `record --off-cpu` calls before it runs the program: None when perf can record the
+    scheduler's switches here, else one paragraph naming what is missing and the exact fix."""
+    found = off_cpu_diagnosis(perf)
+    if found is None:
+        return None
+    what, fix = found
+    return f"{what}. Fix: {fix}."
+
+
+# --- Other events (record -e) ----------------------------------------------------------------------
+
+#: Software events: counted by the kernel itself (no PMU), for one's own processes at paranoid <= 2.
+SOFTWARE_EVENTS = ("page-faults", "context-switches", "cpu-migrations", "cpu-clock")
+HARDWARE_EVENTS = ("cycles", "instructions")
+
+
+def probe_software_events(perf: str) -> Tuple[bool, str]:
+    return probe_perf_record(perf, ["-e", "page-faults", "-c", "1"], timeout=30)
+
+
+def stat_events(perf: str, events: Tuple[str, ...]) -> Tuple[Dict[str, Optional[int]], str]:
+    """`perf stat` of `true`: each event's count, None where perf says <not supported> or
+    <not counted>; an empty dict and perf's words when perf stat itself fails."""
+    try:
+        proc = subprocess.run([perf, "stat", "-x", ",", "-e", ",".join(events), "--", "true"],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return {}, str(err)
+    counts: Dict[str, Optional[int]] = {}
+    for line in proc.stderr.splitlines():
+        fields = line.split(",")
+        if len(fields) >= 3 and fields[2].split(":")[0] in events:
+            value = fields[0].strip()
+            counts[fields[2].split(":")[0]] = int(value) if value.isdigit() else None
+    if not counts and "not supported" in proc.stderr:
+        # perf 7 does not count at all when none of the events exists: "Error: No supported
+        # events found. The cycles event is not supported."
+        counts = {event: None for event in events}
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    return counts, ("" if counts else " ".join(lines[:3]))
+
+
+def event_checks(perf: str) -> List[Check]:
+    """`record -e EVENT`: do software events record, and are there hardware counters at all."""
+    checks: List[Check] = []
+    ok, why = probe_software_events(perf)
+    if ok:
+        checks.append(Check("software events", "ok", "perf records page-faults, context-switches, "
+                            "...: `record -e page-faults` works"))
+    else:
+        paranoid = rec.read_paranoid()
+        fix = None
+        if not perfmon_capable() and not (paranoid.lstrip("-").isdigit() and int(paranoid) <= 2):
+            fix = "sudo sysctl kernel.perf_event_paranoid=2 (your own processes; or run as root)"
+        checks.append(Check("software events", "warn", "perf cannot record page-faults here: "
+                            + (" ".join(why.split()) or "no reason given"), fix))
+    counts, why = stat_events(perf, HARDWARE_EVENTS)
+    if counts and all(counts.get(e) is not None for e in HARDWARE_EVENTS):
+        checks.append(Check("hw counters", "ok", "cycles, instructions: this CPU's counters are "
+                            "available to `record -e`"))
+    elif counts:
+        missing = [e for e in HARDWARE_EVENTS if counts.get(e) is None]
+        checks.append(Check("hw counters", "info", f"{', '.join(missing)}: <not supported>: no "
+                            "hardware counters here (a VM without a PMU, or one not passed "
+                            "through); `record -e` works with software events (page-faults, "
+                            "context-switches, cpu-clock)"))
+    else:
+        checks.append(Check("hw counters", "info", f"perf stat -e cycles failed: {why}"))
+    return checks
 
 
 def run_doctor(python: Optional[str]) -> int:
@@ -226,6 +397,16 @@ def run_doctor(python: Optional[str]) -> int:
             f"perf record -z does not work here ({zstd.why}): recordings are uncompressed, about "
             f"16 MB per second per busy process with dwarf stacks",
             None if zstd.works else "a perf built with zstd (Debian's linux-perf is)"))
+
+    if perf is not None and (record_fp or record_dwarf):
+        off_cpu = off_cpu_diagnosis(perf)
+        if off_cpu is None:
+            checks.append(Check("off-CPU", "ok", f"scheduler tracepoints: perf records {SCHED_SWITCH}"
+                                ": `record --off-cpu` works"))
+        else:
+            what, fix = off_cpu
+            checks.append(Check("off-CPU", "warn", f"scheduler tracepoints: {what}", fix))
+        checks.extend(event_checks(perf))
 
     full: List[str] = []
     if fp and record_fp:
