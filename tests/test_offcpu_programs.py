@@ -20,7 +20,6 @@ stacks.raw they are the event's count."""
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 import re
@@ -43,20 +42,6 @@ WORKLOADS = Path(__file__).parent / "workloads"
 REQUESTS = 40
 BACKEND_DELAY = 0.05
 GROW_ITEMS = 3_000_000
-
-
-@functools.lru_cache(maxsize=None)
-def _record_help() -> str:
-    return cli("record", "--help").stdout
-
-
-def skip_until_merged(option: str) -> None:
-    """TEMPORARY, while `record --off-cpu` and `record -e EVENT` are being merged: skips the test
-    when `python -m perftramp record --help` does not list OPTION yet. Remove this helper and its
-    calls once they are merged (then a missing option fails, as it should)."""
-    # An option entry of argparse's help: "  -e EVENT, --event EVENT  ..." or "  --off-cpu  ...".
-    if not re.search(rf"(?m)^  (?:-[-\w]*(?: \S+)?, )*{re.escape(option)}(?=[ ,=]|$)", _record_help()):
-        pytest.skip(f"`python -m perftramp record` does not accept {option} yet (being merged)")
 
 
 def require_uvicorn() -> None:
@@ -118,7 +103,6 @@ def record(tmp_path: Path, options: List[str], command: List[str], env: Dict[str
 
 
 def test_off_cpu_shows_the_handler_waiting_on_its_backend(perf, tmp_path):
-    skip_until_merged("--off-cpu")
     require_uvicorn()
     pids_file = tmp_path / "pids.txt"
     out = record(tmp_path, ["--off-cpu"], [sys.executable, str(WORKLOADS / "slow_backend.py")],
@@ -167,7 +151,6 @@ def perf_stat_page_faults(perf: str, command: List[str]) -> int:
 
 
 def test_page_faults_are_counted_where_memory_grows(perf, tmp_path):
-    skip_until_merged("-e")
     command = [sys.executable, str(WORKLOADS / "grow_list.py"), str(GROW_ITEMS)]
     out = record(tmp_path, ["-e", "page-faults"], command, {})
     stacks = python_view(raw.read_raw(out / "stacks.raw"))

@@ -412,6 +412,7 @@ def _record_switched_on(perf: str, pid: int, env: Dict[str, str], after: Files, 
             f"{exe} has no frame pointers: fp stacks, innermost Python frame only "
             f"(PERFTRAMP_MODE=jit gives full stacks)")
     hz = frequency or rec.DEFAULT_HZ[unwind]
+    rec.check_sampling(perf, sampling)
     data = directory / rp.PERF_DATA
     perf_command = [perf, "record", *sampling.perf_args(hz), *rec.CALL_GRAPH[unwind],
                     *rec.ring_buffer_args(unwind, perf_args),

@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                                "by its count: page-faults (memory touched), context-switches, "
                                "cycles or instructions where the machine has hardware counters "
                                "(perf list shows them)")
+    record.add_argument("-c", "--period", type=_positive_int, metavar="N",
+                        help="with -e: sample every Nth event (default for page faults: 100; "
+                             "major faults, context switches, migrations: 1; other events: a "
+                             "rate, -F)")
     record.add_argument("--force", action="store_true", help="replace the recording in an existing DIR")
     record.add_argument("--pid", type=_positive_int,
                         help="record this live process instead of a command: one started with "
@@ -179,7 +183,9 @@ def cmd_record(opts: argparse.Namespace, command: List[str]) -> int:
         perf_args = shlex.split(opts.perf_args)
     except ValueError as err:
         raise CliError(f"--perf-args: {err}", 2) from None
-    sampling = _record.Sampling(off_cpu=opts.off_cpu, event=opts.event)
+    if opts.period and not opts.event:
+        raise CliError("--period applies to -e EVENT (CPU time is sampled at a rate: -F)", 2)
+    sampling = _record.Sampling(off_cpu=opts.off_cpu, event=opts.event, period=opts.period)
     if (opts.off_cpu or opts.event) and (opts.inline or opts.unwinder == "perf"):
         raise CliError("--off-cpu and -e need perftramp's reader (it weighs samples and builds "
                        "off-CPU time): drop --inline and --unwinder perf", 2)

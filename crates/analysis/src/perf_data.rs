@@ -15,7 +15,7 @@ use linux_perf_data::linux_perf_event_reader::constants::{
     PERF_CONTEXT_KERNEL, PERF_CONTEXT_MAX, PERF_CONTEXT_USER, PERF_RECORD_LOST_SAMPLES,
     PERF_RECORD_MISC_SWITCH_OUT, PERF_RECORD_SWITCH, PERF_RECORD_SWITCH_CPU_WIDE,
 };
-use linux_perf_data::linux_perf_event_reader::{CpuMode, EventRecord, SampleRecord};
+use linux_perf_data::linux_perf_event_reader::{CpuMode, EventRecord, SampleRecord, SamplingPolicy};
 use linux_perf_data::{Endianness, PerfFileReader, PerfFileRecord};
 
 use crate::elf_file::ElfCache;
@@ -63,6 +63,9 @@ struct Reader<'o> {
     counts: StackCounts,
     /// The interned name of each event (by attribute index), and the one being read.
     event_names: Vec<u32>,
+    /// Each event's fixed sampling period (`perf record -c N`: then samples carry no period of
+    /// their own), 1 for events sampled at a rate (their samples carry it).
+    fixed_periods: Vec<u64>,
     attr: usize,
     /// The `sched:sched_switch` attribute, when recorded: its samples are switch-outs.
     switch_attr: Option<usize>,
@@ -113,6 +116,13 @@ pub fn read(path: &Path, options: &Options) -> Result<Recording, AnalysisError> 
         })
         .collect();
     let switch_attr = attributes.iter().position(|a| a.name() == Some(SCHED_SWITCH));
+    let fixed_periods: Vec<u64> = attributes
+        .iter()
+        .map(|a| match a.attr.sampling_policy {
+            SamplingPolicy::Period(period) => period.get(),
+            _ => 1,
+        })
+        .collect();
     let mut state = Reader {
         options,
         arch,
@@ -123,6 +133,7 @@ pub fn read(path: &Path, options: &Options) -> Result<Recording, AnalysisError> 
         perf_maps: HashMap::new(),
         counts,
         event_names,
+        fixed_periods,
         attr: 0,
         switch_attr,
         off_cpu: OffCpuTracker::default(),
@@ -361,7 +372,8 @@ impl Reader<'_> {
             self.switched_out(sample, pid, tid, comm, &frame_ids, time);
         } else {
             let event = self.event_names.get(self.attr).copied().unwrap_or(0);
-            self.counts.add(pid, comm, event, &frame_ids, sample.period.unwrap_or(1));
+            let fixed = self.fixed_periods.get(self.attr).copied().unwrap_or(1);
+            self.counts.add(pid, comm, event, &frame_ids, sample.period.unwrap_or(fixed));
         }
         self.raw_frames = raw_frames;
         self.frame_ids = frame_ids;
