@@ -20,6 +20,7 @@ from . import _folding as fold
 from . import _perf
 from . import _perfscript as ps
 from . import _rawstacks as raw
+from ._measure import SAMPLES, Measure
 
 # What a recording directory holds.
 PERF_DATA = "perf.data"
@@ -467,14 +468,15 @@ def render_view(directory: Path, stacks: Sequence[fold.ViewStack], *, all_frames
 
 
 def export(stacks: Sequence[fold.ViewStack], fmt: str, path: Path, *, meta: Dict[str, object],
-           title: str) -> Path:
-    """Writes the view in an exchange format (pprof, speedscope, gecko) to `path`."""
+           title: str, measure: Measure = SAMPLES) -> Path:
+    """Writes the view, a view of `measure`, in an exchange format (pprof, speedscope, gecko) to
+    `path`. The sampling frequency (meta's) only matters to SAMPLES, whose counts are samples."""
     frequency = meta.get("frequency")
     hz = frequency if isinstance(frequency, int) and frequency > 0 else 999
     if fmt == "pprof":
         from ._export_pprof import pprof_bytes
 
-        data = pprof_bytes(stacks, frequency_hz=hz, comment=title)
+        data = pprof_bytes(stacks, frequency_hz=hz, comment=title, measure=measure)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)
@@ -482,11 +484,11 @@ def export(stacks: Sequence[fold.ViewStack], fmt: str, path: Path, *, meta: Dict
         from ._export_speedscope import speedscope_json
 
         _write(path, speedscope_json(stacks, frequency_hz=hz, name=title,
-                                     exporter=f"perftramp {_version()}"))
+                                     exporter=f"perftramp {_version()}", measure=measure))
     elif fmt == "gecko":
         from ._export_gecko import gecko_json
 
-        _write(path, gecko_json(stacks, frequency_hz=hz, product=title))
+        _write(path, gecko_json(stacks, frequency_hz=hz, product=title, measure=measure))
     else:
         raise CliError(f"unknown format {fmt!r} (pprof, speedscope, gecko)", 2)
     return path
