@@ -169,6 +169,20 @@ def test_speedscope_wall_on_and_off_cpu_profiles(tmp_path, speedscope_schema):
     assert {frames[s[-1]]["name"] for s in off_profile["samples"]} == {"[off-CPU: lock]", "[off-CPU: io]"}
 
 
+def test_speedscope_itself_reads_the_wall_profiles(tmp_path, speedscope):
+    """speedscope loads the microsecond profiles and shows their times (in milliseconds)."""
+    import readers
+
+    export(tmp_path, view(WALL_STACKS), "speedscope", WALL)
+    read = readers.read_with_speedscope(tmp_path / "out.speedscope", speedscope)
+    profiles = {p.name: p.frames for p in read.profiles}
+    assert list(profiles) == [f"{process} {part}" for process in ("worker [pid 20]", "python3.12 [pid 10]")
+                              for part in ("wall", "on-CPU", "off-CPU")]
+    assert profiles["worker [pid 20] wall"]["[off-CPU: sleep]"] == (10.0, 10.0)
+    assert profiles["python3.12 [pid 10] on-CPU"]["main (w.py)"] == (1.75, 0.25)
+    assert profiles["python3.12 [pid 10] off-CPU"]["[off-CPU: lock]"] == (4.0, 4.0)
+
+
 def test_speedscope_off_cpu_and_event(tmp_path, speedscope_schema):
     doc = json.loads(export(tmp_path, off_cpu_view(), "speedscope", OFF_CPU))
     _validate_speedscope(doc, speedscope_schema)
