@@ -170,7 +170,7 @@ def _validate_speedscope(doc: Dict[str, object], schema: Dict[str, object]) -> N
     jsonschema.validate(doc, schema)
     assert doc["$schema"] == "https://www.speedscope.app/file-format-schema.json"
     for profile in doc["profiles"]:  # type: ignore[union-attr]
-        assert profile["type"] == "sampled" and profile["unit"] in ("nanoseconds", "none")
+        assert profile["type"] == "sampled" and profile["unit"] in ("nanoseconds", "microseconds", "none")
         assert all(0 <= i < len(doc["shared"]["frames"]) for s in profile["samples"] for i in s)
 
 

@@ -5,7 +5,13 @@ Each sample has two values, `samples/count` and `cpu/nanoseconds` (samples times
 period), and the labels `pid` and `process`: the process is a label rather than a root frame,
 as pprof tools expect (filter with `-tagfocus`). Python functions carry their file and
 definition line (`start_line`, and each location's line: perf samples name functions, not the
-line running). The protobuf encoding is done by prost in the extension (src/analysis/pprof.rs)."""
+line running). The protobuf encoding is done by prost in the extension (src/analysis/pprof.rs).
+
+The other measures (_export_values.py) give each sample their own values instead: a wall view
+`wall/microseconds` (the default sample type), `on-cpu/microseconds` and `off-cpu/microseconds`
+(each sample counts in one of the last two); an off-CPU view `off-cpu/microseconds`; an event's
+view `<event>/count`. Off-CPU samples also have the label `off_cpu_reason` (gil, lock, io...),
+and keep their `[off-CPU: reason]` leaf frame."""
 
 from __future__ import annotations
 
@@ -13,7 +19,10 @@ import gzip
 import time
 from typing import Dict, List, Sequence, Tuple
 
+from . import _export_values as ev
+from . import _offcpu as oc
 from ._folding import ViewFrame, ViewStack
+from ._measure import SAMPLES, Measure
 
 
 class _Strings:
@@ -32,8 +41,9 @@ class _Strings:
 
 
 def pprof_bytes(stacks: Sequence[ViewStack], *, frequency_hz: int, duration_s: float = 0.0,
-                comment: str = "") -> bytes:
-    """The gzipped profile of `stacks` sampled at `frequency_hz`."""
+                comment: str = "", measure: Measure = SAMPLES) -> bytes:
+    """The gzipped profile of `stacks`, a view of `measure` (sampled at `frequency_hz` for
+    SAMPLES)."""
     from ._perftramp import encode_pprof
 
     strings = _Strings()
@@ -53,20 +63,32 @@ def pprof_bytes(stacks: Sequence[ViewStack], *, frequency_hz: int, duration_s: f
             locations[function_id] = (function_id, 1, function_id, frame.line)
         return function_id
 
-    samples_type, count_unit = strings("samples"), strings("count")
-    cpu_type, ns_unit = strings("cpu"), strings("nanoseconds")
+    if measure == SAMPLES:  # samples, and CPU time at the sampling period
+        sample_types = [(strings("samples"), strings("count")), (strings("cpu"), strings("nanoseconds"))]
+        period_type, period, default = sample_types[1], period_ns, 0
+
+        def values_of(stack: ViewStack) -> List[int]:
+            return [stack.count, stack.count * period_ns]
+    else:  # the measure's own values; the first is the default sample type
+        sample_types = [(strings(c.name), strings(c.unit)) for c in ev.value_columns(measure)]
+        period_type, period, default = sample_types[0], 1, sample_types[0][0]
+
+        def values_of(stack: ViewStack) -> List[int]:
+            return list(ev.values(measure, stack))
     pid_key, process_key = strings("pid"), strings("process")
     samples = []
     for stack in stacks:
         ids = [location_of(frame) for frame in reversed(stack.frames)]  # innermost first
         labels = [(pid_key, 0, stack.pid), (process_key, strings(stack.comm), 0)]
-        samples.append((ids, [stack.count, stack.count * period_ns], labels))
+        reason = oc.off_cpu_reason_of(stack)
+        if reason:
+            labels.append((strings("off_cpu_reason"), strings(reason), 0))
+        samples.append((ids, values_of(stack), labels))
     comments = [strings(comment)] if comment else []
     # One mapping, marked as holding symbolized functions, files and lines: pprof tools then
     # neither try to symbolize the locations nor warn that the main binary is unknown.
     main = max(stacks, key=lambda s: s.count).comm if stacks else "python"
     encoded = encode_pprof(
-        strings.table, [(samples_type, count_unit), (cpu_type, ns_unit)], (cpu_type, ns_unit),
-        period_ns, int(duration_s * 1e9), time.time_ns(), [(1, strings(main))], function_rows,
-        list(locations.values()), samples, comments)
+        strings.table, sample_types, period_type, period, int(duration_s * 1e9), time.time_ns(),
+        [(1, strings(main))], function_rows, list(locations.values()), samples, comments, default)
     return gzip.compress(bytes(encoded), mtime=0)

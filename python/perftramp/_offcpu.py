@@ -116,9 +116,14 @@ def is_off_cpu(stack: fold.ViewStack) -> bool:
     return bool(stack.frames) and stack.frames[-1].kind == fold.OFFCPU
 
 
+def off_cpu_reason_of(stack: fold.ViewStack) -> str:
+    """Why an off-CPU stack's thread waited ("" for an on-CPU stack)."""
+    return off_cpu_reason(stack.frames[-1].symbol) if is_off_cpu(stack) else ""
+
+
 def stack_reason(stack: fold.ViewStack) -> str:
     """`cpu` for on-CPU time, else the off-CPU reason."""
-    return off_cpu_reason(stack.frames[-1].symbol) if is_off_cpu(stack) else "cpu"
+    return off_cpu_reason_of(stack) or "cpu"
 
 
 def _ms(microseconds: float) -> str:

@@ -504,14 +504,15 @@ def render_view(directory: Path, stacks: Sequence[fold.ViewStack], *, all_frames
 
 
 def export(stacks: Sequence[fold.ViewStack], fmt: str, path: Path, *, meta: Dict[str, object],
-           title: str) -> Path:
-    """Writes the view in an exchange format (pprof, speedscope, gecko) to `path`."""
+           title: str, measure: Measure = SAMPLES) -> Path:
+    """Writes the view, a view of `measure`, in an exchange format (pprof, speedscope, gecko) to
+    `path`. The sampling frequency (meta's) only matters to SAMPLES, whose counts are samples."""
     frequency = meta.get("frequency")
     hz = frequency if isinstance(frequency, int) and frequency > 0 else 999
     if fmt == "pprof":
         from ._export_pprof import pprof_bytes
 
-        data = pprof_bytes(stacks, frequency_hz=hz, comment=title)
+        data = pprof_bytes(stacks, frequency_hz=hz, comment=title, measure=measure)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)
@@ -519,11 +520,11 @@ def export(stacks: Sequence[fold.ViewStack], fmt: str, path: Path, *, meta: Dict
         from ._export_speedscope import speedscope_json
 
         _write(path, speedscope_json(stacks, frequency_hz=hz, name=title,
-                                     exporter=f"perftramp {_version()}"))
+                                     exporter=f"perftramp {_version()}", measure=measure))
     elif fmt == "gecko":
         from ._export_gecko import gecko_json
 
-        _write(path, gecko_json(stacks, frequency_hz=hz, product=title))
+        _write(path, gecko_json(stacks, frequency_hz=hz, product=title, measure=measure))
     else:
         raise CliError(f"unknown format {fmt!r} (pprof, speedscope, gecko)", 2)
     return path
@@ -632,6 +633,15 @@ def load_stacks(perf: Optional[str], directory: Path, *, rescan: bool, inline: b
     return result.stacks, written
 
 
+def view_measure(meta: Dict[str, object], *, wall: bool = False) -> Measure:
+    """What the main view counts: samples, a `-e EVENT` recording's events, or (`wall`) the
+    wall view's time."""
+    event = meta.get("event")
+    if wall:
+        return WALL
+    return event_measure(event) if isinstance(event, str) and event else SAMPLES
+
+
 def load_wall(directory: Path) -> Optional[raw.RawStacks]:
     """The wall view's stacks of an off-CPU recording (wall.raw), None for others."""
     path = directory / WALL_RAW
@@ -667,8 +677,7 @@ def finish(perf: Optional[str], directory: Path, *, rescan: bool, python: Option
     if title is None:
         command = meta.get("command")
         title = f"perftramp: {' '.join(command)}" if isinstance(command, list) else f"perftramp: {directory}"
-    event = meta.get("event")
-    measure = event_measure(event) if isinstance(event, str) and event else SAMPLES
+    measure = view_measure(meta)
     subtitle = str(meta.get("summary") or f"{sum(counts.values()):,} {measure.label}")
     wall = load_wall(directory)
     with Progress("drawing the flamegraph"):
@@ -711,9 +720,7 @@ def summary_lines(report: Report, meta: Dict[str, object], *, limit: int = SUMMA
     samples = report.samples
     lost = meta.get("lost_chunks")
     share = 100.0 * report.python_samples / samples if samples else 0.0
-    event = meta.get("event")
-    counted = event_measure(event).label if isinstance(event, str) and event else "samples"
-    lines = [f"{samples:,} {counted}; "
+    lines = [f"{samples:,} {view_measure(meta).label}; "
              + (f"perf LOST {lost:,} chunks of samples (see above)" if isinstance(lost, int) and lost
                 else "no samples lost")
              + f"; {share:.0f}% with a Python frame"

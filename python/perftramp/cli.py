@@ -255,17 +255,20 @@ def _export(opts: argparse.Namespace, directory: Path, all_frames: bool) -> int:
     try:
         stacks, _ = _report.load_stacks(None, directory, rescan=opts.rescan, inline=opts.inline,
                                         unwinder=opts.unwinder, meta=meta)
+        # An off-CPU recording exports its wall view: on-CPU and off-CPU time side by side.
+        wall = _report.load_wall(directory)
+        measure = _report.view_measure(meta, wall=wall is not None)
         with _report.Progress(f"writing {opts.format}"):
-            view = _folding.python_view(stacks, all_frames=all_frames)
+            view = _folding.python_view(wall if wall is not None else stacks, all_frames=all_frames)
             command = meta.get("command")
             title = f"perftramp: {' '.join(command)}" if isinstance(command, list) else f"perftramp: {directory}"
-            _report.export(view, opts.format, path, meta=meta, title=title)
+            _report.export(view, opts.format, path, meta=meta, title=title, measure=measure)
     except KeyboardInterrupt:
         raise CliError("interrupted", 130) from None
     except OSError as err:
         raise CliError(f"cannot write {path}: {err.strerror or err}") from None
     samples = sum(s.count for s in view)
-    _report.say(f"wrote {path} ({opts.format}, {samples:,} samples, "
+    _report.say(f"wrote {path} ({opts.format}, {samples:,} {measure.label}, "
                 f"{path.stat().st_size / 1e6:,.2f} MB)")
     return 0
 

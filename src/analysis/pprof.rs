@@ -121,10 +121,12 @@ type SampleArgs = (Vec<u64>, Vec<i64>, Vec<(i64, i64, i64)>);
 /// `encode_pprof(...) -> bytes`: the (uncompressed) Profile message. Indices are into
 /// `string_table`, whose first entry must be "" (profile.proto's rule); ids start at 1.
 /// `functions` are `(id, name, system_name, filename, start_line)`, `locations`
-/// `(id, mapping_id, function_id, line)`, `mappings` `(id, filename)`.
+/// `(id, mapping_id, function_id, line)`, `mappings` `(id, filename)`. Each sample has one value
+/// per sample type; `default_sample_type` (a string index, 0 for none: the first) is the one
+/// pprof tools show first.
 #[pyfunction]
 #[pyo3(signature = (string_table, sample_types, period_type, period, duration_nanos, time_nanos,
-                    mappings, functions, locations, samples, comments))]
+                    mappings, functions, locations, samples, comments, default_sample_type=0))]
 #[allow(clippy::too_many_arguments)]
 pub fn encode_pprof<'py>(
     py: Python<'py>,
@@ -139,11 +141,19 @@ pub fn encode_pprof<'py>(
     locations: Vec<(u64, u64, u64, i64)>,
     samples: Vec<SampleArgs>,
     comments: Vec<i64>,
+    default_sample_type: i64,
 ) -> PyResult<Bound<'py, PyBytes>> {
     if string_table.first().map(String::as_str) != Some("") {
         return Err(pyo3::exceptions::PyValueError::new_err(
             "string_table[0] must be the empty string (profile.proto)",
         ));
+    }
+    if let Some((_, values, _)) = samples.iter().find(|(_, v, _)| v.len() != sample_types.len()) {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "a sample has {} values for {} sample types",
+            values.len(),
+            sample_types.len()
+        )));
     }
     let profile = Profile {
         sample_type: sample_types
@@ -192,7 +202,7 @@ pub fn encode_pprof<'py>(
         period_type: Some(ValueType { r#type: period_type.0, unit: period_type.1 }),
         period,
         comment: comments,
-        default_sample_type: 0,
+        default_sample_type,
     };
     let bytes = py.detach(|| profile.encode_to_vec());
     Ok(PyBytes::new(py, &bytes))
