@@ -23,8 +23,9 @@ Reasons (in this order: the first that matches wins):
 
 from __future__ import annotations
 
+import heapq
 import re
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
 from . import _folding as fold
 from . import _rawstacks as raw
@@ -106,6 +107,65 @@ def wall_stacks(rows: Iterable[Tuple[int, int, str, Sequence[Tuple[str, str]], s
         key = raw.key(comm, pid, frames)
         nanoseconds[key] = nanoseconds.get(key, 0) + weight
     return {key: round(ns / 1000) for key, ns in nanoseconds.items() if ns >= 500}
+
+
+Row = Tuple[int, int, str, Sequence[Tuple[str, str]], str, int]
+
+
+def gil_holders(rows: Sequence[Row], timeline: Mapping[str, Sequence[Tuple[int, ...]]]) -> raw.RawStacks:
+    """What ran while threads waited for the GIL: the CPU samples (microseconds, their
+    stacks) taken in a process while another of its threads was in an off-CPU interval whose
+    reason is the GIL. `timeline` is the reader's: `intervals` (pid, tid, start, end, stack
+    index) and `samples` (pid, tid, time, stack index, weight), stack index = row index."""
+    gil = {index for index, (_, _, _, frames, event, _) in enumerate(rows)
+           if is_off_cpu_event(event) and reason(event[len(OFF_CPU_EVENT):], frames) == "gil"}
+    waits: Dict[int, List[Tuple[int, int, int]]] = {}
+    for pid, tid, start, end, stack in timeline.get("intervals", ()):
+        if stack in gil:
+            waits.setdefault(pid, []).append((start, end, tid))
+    nanoseconds: Dict[raw.RawKey, int] = {}
+    samples: Dict[int, List[Tuple[int, int, int, int]]] = {}
+    for pid, tid, time, stack, weight in timeline.get("samples", ()):
+        if pid in waits:
+            samples.setdefault(pid, []).append((time, tid, stack, weight))
+    for pid, pending in waits.items():
+        pending.sort()
+        active: List[Tuple[int, int]] = []  # (end, tid) of the waits covering the current time
+        next_wait = 0
+        for time, tid, stack, weight in sorted(samples.get(pid, ())):
+            while next_wait < len(pending) and pending[next_wait][0] <= time:
+                start, end, waiter = pending[next_wait]
+                heapq.heappush(active, (end, waiter))
+                next_wait += 1
+            while active and active[0][0] < time:
+                heapq.heappop(active)
+            if any(waiter != tid for _, waiter in active):
+                _, _, comm, frames, _, _ = rows[stack]
+                key = raw.key(comm, pid, frames)
+                nanoseconds[key] = nanoseconds.get(key, 0) + weight
+    return {key: round(ns / 1000) for key, ns in nanoseconds.items() if ns >= 500}
+
+
+def gil_table(stacks: Sequence[fold.ViewStack], limit: int = 10) -> str:
+    """The Python functions on CPU while other threads of their process waited for the GIL
+    (self = the innermost Python frame)."""
+    total = sum(s.count for s in stacks)
+    if total == 0:
+        return ""
+    held: Dict[Tuple[str, str, int, str], int] = {}
+    for stack in stacks:
+        python = [f for f in stack.frames if f.kind == fold.PYTHON]
+        leaf = python[-1] if python else None
+        row = (leaf.function, f"{leaf.file}:{leaf.line}" if leaf and leaf.line else (leaf.file if leaf else ""),
+               stack.pid, stack.comm) if leaf else ("(no Python frame)", "", stack.pid, stack.comm)
+        held[row] = held.get(row, 0) + stack.count
+    lines = [f"While threads waited for the GIL, on CPU in another thread of their process "
+             f"({_ms(total)} ms; the likely GIL holders):",
+             f"{'ms':>9} {'share':>7}  function  file:line  (thread)"]
+    for (function, where, pid, comm), count in sorted(held.items(), key=lambda item: -item[1])[:limit]:
+        lines.append(f"{_ms(count):>9} {100.0 * count / total:6.1f}%  {function}  {where}  "
+                     f"({fold.process_frame(comm, pid).label})")
+    return "\n".join(lines) + "\n"
 
 
 def off_cpu_only(stacks: Sequence[fold.ViewStack]) -> List[fold.ViewStack]:

@@ -31,6 +31,8 @@ COLLAPSED = "stacks.collapsed"
 RAW = "stacks.raw"
 #: `record --off-cpu`: the wall view's stacks (microseconds on and off CPU) and its drawings.
 WALL_RAW = "wall.raw"
+#: ...and the CPU samples taken while other threads of their process waited for the GIL.
+GIL_RAW = "gil-holders.raw"
 WALL_SVG = "flamegraph.wall.svg"
 OFF_CPU_SVG = "flamegraph.off-cpu.svg"
 SVG = "flamegraph.svg"
@@ -42,7 +44,7 @@ EXPORTS = {"pprof": "profile.pb.gz", "speedscope": "profile.speedscope.json",
 TOP = "top.txt"
 META = "perftramp.json"
 #: Every name `record` writes; `--force` removes exactly these (never anything else).
-OUTPUTS = (PERF_DATA, PERF_DATA + ".old", JIT_DATA, COLLAPSED, RAW, WALL_RAW, WALL_SVG, OFF_CPU_SVG, SVG,
+OUTPUTS = (PERF_DATA, PERF_DATA + ".old", JIT_DATA, COLLAPSED, RAW, WALL_RAW, GIL_RAW, WALL_SVG, OFF_CPU_SVG, SVG,
            ALL_FRAMES_SVG, TOP, META,
            *EXPORTS.values(),
            "stacks.python-only.collapsed", "flamegraph.python-only.svg", "top.python-only.txt",
@@ -249,6 +251,8 @@ class Collapsed:
     wall: Optional[raw.RawStacks] = None
     #: The reader's off-CPU accounting (switches, how their intervals ended), with `wall`.
     off_cpu: Optional[Dict[str, int]] = None
+    #: With `wall`: the CPU samples taken while other threads of their process waited for the GIL.
+    gil_holders: Optional[raw.RawStacks] = None
 
 
 _LOST = re.compile(r"lost (\d+) chunks")
@@ -356,8 +360,9 @@ def read_collapse(data: Path, *, weigh: bool = False) -> Optional[Collapsed]:
         samples += count
         if pid >= 0:
             pids.add(pid)
-    wall = None
+    wall = holders = None
     if off_cpu:
+        holders = oc.gil_holders(rows, info.get("timeline") or {})
         if cpu_event is None:
             say(f"warning: {data} has scheduler switches but no cpu-clock samples: its wall view "
                 f"shows the time off CPU only")
@@ -375,7 +380,7 @@ def read_collapse(data: Path, *, weigh: bool = False) -> Optional[Collapsed]:
     if progress.elapsed > 2:
         say(f"read {samples:,} samples in {progress.elapsed:.1f} s")
     return Collapsed(raw.all_frames_collapsed(stacks), samples, pids, lost, stacks, wall,
-                     info.get("off_cpu"))
+                     info.get("off_cpu"), holders)
 
 
 # --- outputs -------------------------------------------------------------------------------------
@@ -619,12 +624,12 @@ def load_stacks(perf: Optional[str], directory: Path, *, rescan: bool, inline: b
     assert result.stacks is not None
     raw.write_raw(raw_path, result.stacks)
     written = [write_collapsed(directory, result.counts), raw_path]
-    wall_path = directory / WALL_RAW
-    if result.wall is not None:
-        raw.write_raw(wall_path, result.wall)
-        written.append(wall_path)
-    elif wall_path.exists():
-        wall_path.unlink()  # from an earlier recording in this directory
+    for name, stacks in ((WALL_RAW, result.wall), (GIL_RAW, result.gil_holders)):
+        if stacks is not None:
+            raw.write_raw(directory / name, stacks)
+            written.append(directory / name)
+        elif (directory / name).exists():
+            (directory / name).unlink()  # from an earlier recording in this directory
     meta["pids"] = sorted(result.pids)
     meta["lost_chunks"] = result.lost_chunks
     meta["unwinder"] = "perf" if by_perf else "perftramp"
@@ -696,6 +701,10 @@ def finish(perf: Optional[str], directory: Path, *, rescan: bool, python: Option
     table = top_table(python_view, limit, measure)
     if wall_view:
         table += "\n" + oc.wall_table(wall_view, limit) + "\n" + oc.thread_table(wall_view)
+        holders = directory / GIL_RAW
+        if holders.is_file():
+            held = oc.gil_table(fold.python_view(raw.read_raw(holders)))
+            table += "\n" + held if held else ""
     top_path = directory / f"top{FILTERS[python]}.txt"
     _write(top_path, table)
     written.append(top_path)

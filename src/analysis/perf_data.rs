@@ -14,8 +14,10 @@ use perftramp_analysis::{read_recording, AnalysisError, Options, Recording};
 /// intervals and `weight` their nanoseconds; else `weight` is the samples' summed period).
 /// `info` is a dict with `samples`, `lost_events`, `lost_chunks` (PERF_RECORD_LOST records,
 /// perf's "lost N chunks"), `warnings`, `arch`, `processes` (a list of `(pid, comm, samples)`)
-/// and `off_cpu` (None, or a dict: `switches`, `ended_by_switch_in`, `ended_by_sample`,
-/// `open_at_end`, `unreadable`). `inline` is accepted but not implemented (frames are never split
+/// `off_cpu` (None, or a dict: `switches`, `ended_by_switch_in`, `ended_by_sample`,
+/// `open_at_end`, `unreadable`) and, with it, `timeline`: a dict of `intervals` (pid, tid,
+/// start, end, stack index) and CPU `samples` (pid, tid, time, stack index, weight), times in
+/// nanoseconds, stack index = position in `stacks`. `inline` is accepted but not implemented (frames are never split
 /// into inlined functions). The GIL is released while reading. Raises OSError (with
 /// `filename`) when the file cannot be read, ValueError when it is not a usable perf.data file.
 #[pyfunction]
@@ -77,6 +79,15 @@ fn to_python(
             info.set_item("off_cpu", off_cpu)?;
         }
         None => info.set_item("off_cpu", py.None())?,
+    }
+    match recording.timeline {
+        Some(timeline) => {
+            let times = PyDict::new(py);
+            times.set_item("intervals", timeline.intervals)?;
+            times.set_item("samples", timeline.samples)?;
+            info.set_item("timeline", times)?;
+        }
+        None => info.set_item("timeline", py.None())?,
     }
     Ok((stacks, info))
 }

@@ -84,7 +84,7 @@ pub struct ProcessSummary {
 /// A whole recording, aggregated.
 #[derive(Debug, Clone, Default)]
 pub struct Recording {
-    /// Distinct stacks, in no particular order.
+    /// Distinct stacks; `stacks[i]` is the stack of id `i` (the timeline's ids).
     pub stacks: Vec<Stack>,
     /// Samples read.
     pub samples: u64,
@@ -100,6 +100,8 @@ pub struct Recording {
     pub arch: Option<String>,
     /// Off-CPU accounting, when the recording has `sched:sched_switch` samples.
     pub off_cpu: Option<off_cpu::OffCpuSummary>,
+    /// With `off_cpu`: when each interval and sample happened (stack ids index `stacks`).
+    pub timeline: Option<off_cpu::Timeline>,
 }
 
 /// Reads the perf.data file at `path` (zstd-compressed `perf record -z` files included).

@@ -27,6 +27,16 @@ pub struct OffCpuSummary {
     pub unreadable: u64,
 }
 
+/// When each off-CPU interval and CPU sample happened (kept for recordings with switches): what
+/// lets the report tell which functions ran while other threads waited (for the GIL).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Timeline {
+    /// (pid, tid, start, end, stack id) of every off-CPU interval, in order of their end.
+    pub intervals: Vec<(i32, i32, u64, u64, u32)>,
+    /// (pid, tid, time, stack id, weight) of every CPU sample, in time order.
+    pub samples: Vec<(i32, i32, u64, u32, u64)>,
+}
+
 /// One thread's switch-out, waiting for its switch-in.
 struct SwitchOut {
     pid: i32,
@@ -43,6 +53,7 @@ struct SwitchOut {
 pub struct OffCpuTracker {
     open: HashMap<i32, SwitchOut, FxBuild>,
     pub summary: OffCpuSummary,
+    pub timeline: Timeline,
 }
 
 /// How an interval ended.
@@ -79,22 +90,23 @@ impl OffCpuTracker {
             Ended::SwitchIn => self.summary.ended_by_switch_in += 1,
             Ended::Sample => self.summary.ended_by_sample += 1,
         }
-        Self::close(counts, out, time);
+        self.close(counts, tid, out, time);
     }
 
     /// Ends every open interval at `end` (the recording's last timestamp).
     pub fn finish(&mut self, counts: &mut StackCounts, end: u64) {
-        let mut open: Vec<SwitchOut> = self.open.drain().map(|(_, out)| out).collect();
-        open.sort_by_key(|out| out.start);
+        let mut open: Vec<(i32, SwitchOut)> = self.open.drain().collect();
+        open.sort_by_key(|(tid, out)| (out.start, *tid));
         self.summary.open_at_end += open.len() as u64;
-        for out in open {
-            Self::close(counts, out, end);
+        for (tid, out) in open {
+            self.close(counts, tid, out, end);
         }
     }
 
-    fn close(counts: &mut StackCounts, out: SwitchOut, end: u64) {
+    fn close(&mut self, counts: &mut StackCounts, tid: i32, out: SwitchOut, end: u64) {
         let nanoseconds = end.saturating_sub(out.start);
-        counts.add(out.pid, out.comm, out.event, &out.frames, nanoseconds);
+        let stack = counts.add(out.pid, out.comm, out.event, &out.frames, nanoseconds);
+        self.timeline.intervals.push((out.pid, tid, out.start, end.max(out.start), stack));
     }
 }
 
@@ -184,6 +196,10 @@ mod tests {
         tracker.finish(&mut counts, 11_000);
         let weights: Vec<(u64, u64)> = counts.iter().map(|(_, _, _, _, c, w)| (c, w)).collect();
         assert_eq!(weights, vec![(3, 3_000 + 500 + 500)]);
+        assert_eq!(
+            tracker.timeline.intervals,
+            vec![(10, 11, 1_000, 4_000, 0), (10, 11, 10_000, 10_500, 0), (10, 11, 10_500, 11_000, 0)]
+        );
         assert_eq!(
             tracker.summary,
             OffCpuSummary {

@@ -373,7 +373,11 @@ impl Reader<'_> {
         } else {
             let event = self.event_names.get(self.attr).copied().unwrap_or(0);
             let fixed = self.fixed_periods.get(self.attr).copied().unwrap_or(1);
-            self.counts.add(pid, comm, event, &frame_ids, sample.period.unwrap_or(fixed));
+            let weight = sample.period.unwrap_or(fixed);
+            let stack = self.counts.add(pid, comm, event, &frame_ids, weight);
+            if self.switch_attr.is_some() {
+                self.off_cpu.timeline.samples.push((pid, tid, time, stack, weight));
+            }
         }
         self.raw_frames = raw_frames;
         self.frame_ids = frame_ids;
@@ -552,6 +556,7 @@ impl Reader<'_> {
             per_process,
             arch: self.arch.map(|a| format!("{a:?}").to_lowercase()),
             off_cpu: self.switch_attr.map(|_| self.off_cpu.summary),
+            timeline: self.switch_attr.map(|_| self.off_cpu.timeline),
         }
     }
 }

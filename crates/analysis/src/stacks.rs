@@ -98,31 +98,52 @@ struct StackKey {
     frames: Box<[FrameIds]>,
 }
 
-/// Counts of distinct stacks.
+/// Counts of distinct stacks, each with an id (0, 1, 2... in order of first sight).
 #[derive(Default)]
 pub struct StackCounts {
     pub names: Interner,
-    /// (how many samples or intervals, their summed weight) of each distinct stack.
-    counts: HashMap<StackKey, (u64, u64), FxBuild>,
+    ids: HashMap<StackKey, u32, FxBuild>,
+    /// (how many samples or intervals, their summed weight) of each stack, by id.
+    totals: Vec<(u64, u64)>,
 }
 
 impl StackCounts {
     /// Counts one sample's (or off-CPU interval's) stack, `frames` innermost first, with its
     /// weight (the sample's period, or nanoseconds off CPU).
-    pub fn add(&mut self, pid: i32, comm: u32, event: u32, frames: &[FrameIds], weight: u64) {
+    /// Returns the stack's id.
+    pub fn add(
+        &mut self,
+        pid: i32,
+        comm: u32,
+        event: u32,
+        frames: &[FrameIds],
+        weight: u64,
+    ) -> u32 {
         let key = StackKey { pid, comm, event, frames: frames.into() };
-        let entry = self.counts.entry(key).or_insert((0, 0));
+        let next = u32::try_from(self.totals.len()).unwrap_or(u32::MAX);
+        let id = *self.ids.entry(key).or_insert(next);
+        if id == next {
+            self.totals.push((0, 0));
+        }
+        let entry = &mut self.totals[id as usize];
         entry.0 += 1;
         entry.1 = entry.1.saturating_add(weight);
+        id
     }
 
     pub fn distinct(&self) -> usize {
-        self.counts.len()
+        self.totals.len()
     }
 
-    /// (pid, comm id, event id, frames innermost first, count, weight) of every distinct stack.
+    /// (pid, comm id, event id, frames innermost first, count, weight) of every distinct stack,
+    /// in id order.
     pub fn iter(&self) -> impl Iterator<Item = (i32, u32, u32, &[FrameIds], u64, u64)> {
-        self.counts.iter().map(|(k, &(c, w))| (k.pid, k.comm, k.event, &*k.frames, c, w))
+        let mut keys: Vec<(&StackKey, u32)> = self.ids.iter().map(|(k, &id)| (k, id)).collect();
+        keys.sort_unstable_by_key(|&(_, id)| id);
+        keys.into_iter().map(move |(k, id)| {
+            let (count, weight) = self.totals[id as usize];
+            (k.pid, k.comm, k.event, &*k.frames, count, weight)
+        })
     }
 }
 
