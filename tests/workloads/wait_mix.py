@@ -9,11 +9,11 @@ threading name):
 
     thread       function       what it does                                   expected split
     compute      compute_loop   pure-Python loop, phase 1 only                 ~100% cpu
-    sleeper      sleep_loop     time.sleep(0.01) in a loop, both phases        ~100% sleep
+    sleeper      sleep_loop     time.sleep(0.25) in a loop, both phases        ~100% sleep
     lock_holder  hold_lock      "holds" a threading.Lock (the main thread      ~100% sleep
                                 took it) while sleeping; releases it at the end
     lock_waiter  wait_for_lock  lock.acquire() on that lock, both phases       ~100% lock
-    pipe_writer  feed_pipe      writes a byte every 20 ms, sleeping between    ~100% sleep
+    pipe_writer  feed_pipe      writes a byte every 0.25 s, sleeping between   ~100% sleep
     pipe_reader  read_pipe      os.read(fd, 1) on the pipe until EOF           ~100% io
     gil_a/gil_b  gil_spin_a/_b  pure-Python loops, phase 2 only, together:     cpu = thread_time/wall,
                                 they contend for the GIL (~50% CPU each)       the rest gil
@@ -22,21 +22,28 @@ The main thread (threading name MainThread, comm the interpreter's) starts the t
 joins them in main() (lock wait; start-up and the truth file are its only CPU; its innermost
 Python frame is threading's Thread.join or a helper of it, so its "functions" is empty).
 compute runs alone in phase 1 and the gil pair in phase 2, so that no CPU-bound thread shares
-the GIL with compute. A CPU-bound thread that is preempted (2 busy threads on a loaded machine) loses CPU
-time too: its measured thread_time says so, and the expected split puts that loss with its
-wait category ("gil" for the gil pair, "preempted" for compute).
+the GIL with compute. A CPU-bound thread that is preempted (a loaded machine) loses CPU time
+too: its measured thread_time says so, and the expected split puts that loss with its wait
+category ("gil" for the gil pair, "preempted" for compute).
+
+A waiting thread that wakes up must take the GIL before its function goes on, and in both
+phases a CPU-bound thread holds it: each wake-up may wait up to the switch interval (5 ms) for
+the GIL. The waiters therefore wake rarely (every 0.25 s: at most 2% of their time is GIL wait),
+and the truth gives the bound: gil_wait_max_s = wake-ups * sys.getswitchinterval().
 
 Truth (a JSON file, when a path is given): each thread measures its own wall time with
 time.perf_counter from entering its function to leaving it, and its CPU time with
 time.thread_time over the same span. Per thread: name, function, ident (threading.get_ident,
-what py-spy shows as "thread (0x...)"), native_id (the OS tid, perf's tid), wall_s, cpu_s,
+the pthread id: a later thread may reuse an exited one's), native_id (the OS tid: perf's tid,
+py-spy's `thread (TID)`, profiling.sampling's `tid:TID`; match threads by it), wall_s, cpu_s,
 startup_s (from the main thread's Thread.start() to the function's first line: threading's
 bootstrap, outside the function), functions ({function: share of wall_s}, 1.0 by
 construction: the function calls no Python function while it runs, so it is the innermost
 Python frame of every sample in its span), expected ({category: share of wall}: cpu plus one
 wait category; categories as perftramp's off-CPU reasons: gil, lock, io, sleep, preempted) and
-main_category (the category the thread is built for). Top level: version, python, pid,
-seconds (phase length), process_wall_s (first line of the program to the truth write).
+main_category (the category the thread is built for), wakeups and gil_wait_max_s (above).
+Top level: version, python, pid, seconds (phase length), process_wall_s (first line of the
+program to the truth write).
 """
 
 import json
@@ -50,6 +57,7 @@ T0 = time.perf_counter()
 TRUTH = {}  # name -> dict
 _TRUTH_LOCK = threading.Lock()
 _STARTED = {}  # name -> perf_counter at Thread.start()
+WAKE = 0.25  # a waiting thread's wake-up period, s
 
 
 try:  # loaded here, not in the threads: an import in a thread is time outside its function
@@ -76,7 +84,7 @@ class Span:
         self.wall0 = time.perf_counter()
         self.cpu0 = time.thread_time()
 
-    def done(self, main_category):
+    def done(self, main_category, wakeups=0):
         wall = time.perf_counter() - self.wall0
         cpu = time.thread_time() - self.cpu0
         cpu_share = min(1.0, cpu / wall) if wall > 0 else 0.0
@@ -96,6 +104,8 @@ class Span:
                 "functions": {self.function: 1.0},
                 "expected": expected,
                 "main_category": main_category,
+                "wakeups": wakeups,
+                "gil_wait_max_s": wakeups * sys.getswitchinterval(),
             }
 
 
@@ -111,41 +121,48 @@ def compute_loop(deadline):
 
 def sleep_loop(deadline):
     span = Span("sleeper", "sleep_loop")
+    wakeups = 0
     while time.perf_counter() < deadline:
-        time.sleep(0.01)
-    span.done("sleep")
+        time.sleep(max(0.0, min(WAKE, deadline - time.perf_counter())))
+        wakeups += 1
+    span.done("sleep", wakeups)
 
 
 def hold_lock(lock, deadline):
     span = Span("lock_holder", "hold_lock")
+    wakeups = 0
     while time.perf_counter() < deadline:
-        time.sleep(0.01)
+        time.sleep(max(0.0, min(WAKE, deadline - time.perf_counter())))
+        wakeups += 1
     lock.release()
-    span.done("sleep")
+    span.done("sleep", wakeups)
 
 
 def wait_for_lock(lock):
     span = Span("lock_waiter", "wait_for_lock")
     lock.acquire()
     lock.release()
-    span.done("lock")
+    span.done("lock", 1)
 
 
 def feed_pipe(fd, deadline):
     span = Span("pipe_writer", "feed_pipe")
+    wakeups = 0
     while time.perf_counter() < deadline:
         os.write(fd, b"x")
-        time.sleep(0.02)
+        time.sleep(max(0.0, min(WAKE, deadline - time.perf_counter())))
+        wakeups += 1
     os.close(fd)
-    span.done("sleep")
+    span.done("sleep", wakeups)
 
 
 def read_pipe(fd):
     span = Span("pipe_reader", "read_pipe")
+    wakeups = 1
     while os.read(fd, 1):
-        pass
+        wakeups += 1
     os.close(fd)
-    span.done("io")
+    span.done("io", wakeups)
 
 
 def gil_spin_a(deadline):
@@ -207,7 +224,7 @@ def main():
         "native_id": threading.get_native_id(), "wall_s": wall, "cpu_s": cpu, "startup_s": 0.0,
         # its innermost Python frame is threading's join (version-dependent): no function share
         "functions": {}, "expected": {"cpu": cpu_share, "lock": 1.0 - cpu_share},
-        "main_category": "lock",
+        "main_category": "lock", "wakeups": 0, "gil_wait_max_s": 0.0,
     }
     result = {
         "version": 1,
