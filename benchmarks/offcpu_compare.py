@@ -4,14 +4,16 @@ is known by construction, with a truth file) under py-spy, CPython 3.15's profil
 perftramp `record --off-cpu`; per thread, truth against each tool, errors in points.
 
     python benchmarks/offcpu_compare.py                       # all three, 1.5 s phases
-    python benchmarks/offcpu_compare.py --seconds 2 --tools py-spy sampling
+    python benchmarks/offcpu_compare.py --seconds 2 --tools py-spy py-spy-sid sampling
     python benchmarks/offcpu_compare.py --perftramp-python target/some-venv/bin/python
 
 Tools (each run is one wait_mix run, its own truth file alongside):
 
     py-spy     py-spy record --threads --format raw --rate R [--idle | (none) | --gil] -- PY wait_mix.py
                (from PyPI into the venv --venv, made from --pyspy-python, default pyenv 3.12.1)
-               raw lines: `thread (TID): NAME;func (file:line);... COUNT`
+               raw lines: `thread (TID): NAME;func (file:line);... COUNT` (NAME sometimes
+               missing, or a dead thread's whose pthread id was reused: matched by TID)
+    py-spy-sid the same on the chroot's python3.15: ... -- chroot /opt/sid python3.15 /tmp/.../wait_mix.py
     sampling   chroot /opt/sid python3.15 -m profiling.sampling run -a --mode {wall,cpu,gil}
                -r R --collapsed -o FILE /tmp/.../wait_mix.py   (wait_mix run by 3.15 itself;
                /tmp is shared with the chroot; -a: all threads, without it only the main one)
@@ -130,21 +132,39 @@ def ensure_pyspy(venv: Path, python: str) -> Path:
     return pyspy
 
 
-def tool_pyspy(args, out: Path) -> dict:
+def tool_pyspy(args, out: Path, sid: bool = False) -> dict:
+    """py-spy on --pyspy-python, or (sid) on the chroot's python3.15 (`py-spy record -- chroot
+    /opt/sid python3.15 /tmp/.../wait_mix.py`: chroot execs the interpreter in the same pid)."""
     pyspy = ensure_pyspy(Path(args.venv), args.pyspy_python)
     version = subprocess.run([str(pyspy), "--version"], stdout=subprocess.PIPE, text=True).stdout.strip()
-    python = args.pyspy_python
-    pyver = subprocess.run([python, "-V"], stdout=subprocess.PIPE, text=True).stdout.strip()
+    python = ["chroot", args.sid, args.sid_python] if sid else [args.pyspy_python]
+    pyver = subprocess.run(python + ["-V"], stdout=subprocess.PIPE, text=True).stdout.strip()
+    tag = "py-spy-sid" if sid else "py-spy"
     runs: Dict[str, Tuple[dict, Counts, float]] = {}
-    for mode, flags in (("wall", ["--idle"]), ("cpu", []), ("gil", ["--gil"])):
-        raw, truth_path = out / f"py-spy-{mode}.txt", out / f"py-spy-{mode}-truth.json"
-        run([str(pyspy), "record", "--threads", "--format", "raw", "--rate", str(args.rate),
-             "-o", str(raw)] + flags + ["--", python, str(WAIT_MIX), str(args.seconds),
-                                       str(truth_path)], out / f"py-spy-{mode}.log")
-        truth = wait_mix_truth(truth_path)
-        runs[mode] = (truth, parse_pyspy_raw(raw.read_text(), truth), float(args.rate))
+    tmp = Path(tempfile.mkdtemp(prefix="offcpu-compare-", dir="/tmp"))  # seen by the chroot too
+    try:
+        script = tmp / "wait_mix.py"
+        shutil.copy(WAIT_MIX, script)
+        for mode, flags in (("wall", ["--idle"]), ("cpu", []), ("gil", ["--gil"])):
+            raw, truth_path = out / f"{tag}-{mode}.txt", tmp / f"{tag}-{mode}-truth.json"
+            run([str(pyspy), "record", "--threads", "--format", "raw", "--rate", str(args.rate),
+                 "-o", str(raw)] + flags + ["--"] + python + [str(script), str(args.seconds),
+                                                            str(truth_path)],
+                out / f"{tag}-{mode}.log")
+            if truth_path.exists():
+                shutil.copy(truth_path, out / truth_path.name)
+            truth = wait_mix_truth(truth_path)
+            runs[mode] = (truth, parse_pyspy_raw(raw.read_text(), truth), float(args.rate))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return sampler_result(f"{version} on {pyver}, --rate {args.rate}", runs,
                           "wall: --idle; cpu: default (active threads); gil: --gil")
+
+
+def tool_pyspy_sid(args, out: Path) -> dict:
+    if not (Path(args.sid) / "usr" / "bin" / args.sid_python).exists():
+        raise Skip(f"no {args.sid_python} in {args.sid}")
+    return tool_pyspy(args, out, sid=True)
 
 
 # --- CPython 3.15 profiling.sampling --------------------------------------------------------
@@ -241,7 +261,8 @@ def tool_perftramp(args, out: Path) -> dict:
             "seen": None}
 
 
-TOOLS = {"py-spy": tool_pyspy, "sampling": tool_sampling, "perftramp": tool_perftramp}
+TOOLS = {"py-spy": tool_pyspy, "py-spy-sid": tool_pyspy_sid, "sampling": tool_sampling,
+         "perftramp": tool_perftramp}
 
 
 # --- table ----------------------------------------------------------------------------------
