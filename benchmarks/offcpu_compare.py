@@ -39,7 +39,8 @@ The samplers' cpu and gil runs keep only some samples, so a thread's share there
 ticks of its life: its wall time (that run's truth file) times the run's sampling rate (the rate
 profiling.sampling reports, "Captured N samples in T seconds"; py-spy reports none: --rate).
 seen: a thread's samples in the wall run over those ticks (below 100: ticks the sampler missed,
-it fell behind). py-spy draws its intervals from an exponential distribution (Poisson ticks,
+it fell behind; perftramp: the thread's µs in the wall view over its wall time, a little over
+100 as a thread lives a little longer than its function). py-spy draws its intervals from an exponential distribution (Poisson ticks,
 against aliasing), so its tick count itself varies by about 1/sqrt(rate * wall_s) (6% over 3 s
 at 100 Hz): its seen ranges 92-117% and its cpu and gil shares carry that noise (a cpu share
 over 100% is that noise). Threads are matched to the truth by OS tid (py-spy,
@@ -261,7 +262,8 @@ def tool_perftramp(args, out: Path) -> dict:
             "truth": truth, "functions": measured,
             "cpu": {t: s["categories"].get("cpu", 0.0) for t, s in measured.items()},  # type: ignore[union-attr]
             "gil_hold": None, "categories": {t: s["categories"] for t, s in measured.items()},
-            "seen": None}
+            "seen": {t: measured.get(t, {"total": 0.0})["total"] / (1e6 * th["wall_s"])  # type: ignore[operator]
+                     for t, th in truth["by_name"].items() if th["wall_s"] > 0}}
 
 
 TOOLS = {"py-spy": tool_pyspy, "py-spy-sid": tool_pyspy_sid, "sampling": tool_sampling,
