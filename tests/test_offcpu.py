@@ -57,9 +57,12 @@ CASES = {
                               kernel=[("asm_exc_page_fault", K), ("exc_page_fault", K),
                                       ("handle_mm_fault", K), ("filemap_fault", K),
                                       ("folio_wait_bit_common", K), ("io_schedule", K)])),
-    # Preempted in the middle of anything (here a futex wake): runnable, waiting for a CPU.
-    "preempted": ("R+", stack(*py("_Py_HandlePending", "drop_gil"), ("__GI___lll_lock_wake", LIBC),
+    # Preempted in the middle of anything (here a write): runnable, waiting for a CPU.
+    "preempted": ("R+", stack(*py("os_write", "_Py_write"), ("__GI___libc_write", LIBC),
                               kernel=SYSCALL + [("exit_to_user_mode_loop", K), ("schedule", K)])),
+    # Preempted right after drop_gil woke the other thread (which took this CPU): the GIL.
+    "preempted-handing-over": ("R+", stack(*py("_Py_HandlePending", "drop_gil"), ("__GI___lll_lock_wake", LIBC),
+                                           kernel=SYSCALL + [("exit_to_user_mode_loop", K), ("schedule", K)])),
     "disk": ("D", stack(("__libc_openat64", LIBC),
                         kernel=SYSCALL + [("do_sys_openat2", K), ("out_of_line_wait_on_bit", K),
                                           ("bit_wait_io", K), ("schedule", K)])),
@@ -67,7 +70,7 @@ CASES = {
 }
 EXPECTED = {"gil": "gil", "gil-handover": "gil", "gil-stripped": "gil", "lock": "lock", "io": "io",
             "sleep": "sleep", "sleep-select": "sleep", "page-fault": "page-fault",
-            "preempted": "preempted", "disk": "io", "other": "other"}
+            "preempted": "preempted", "preempted-handing-over": "gil", "disk": "io", "other": "other"}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -8,7 +8,9 @@ view: a thread's whole life, in microseconds, on CPU or waiting.
 
 Reasons (in this order: the first that matches wins):
 
-* preempted: the state is `R` (runnable): the thread wanted a CPU and had none.
+* preempted: the state is `R` (runnable): the thread wanted a CPU and had none (but gil when
+  it was preempted inside `drop_gil` or `take_gil`: handing the GIL over, the thread it woke
+  took its CPU, and it would wait for the GIL next).
 * page-fault: the kernel stack is handling a page fault (it had to wait for memory or disk).
 * gil: the innermost named interpreter frame takes the GIL (`take_gil`, `PyEval_RestoreThread`,
   `PyEval_AcquireThread`, `PyGILState_Ensure`, `_PyThreadState_Attach`, the eval breaker) or
@@ -61,12 +63,14 @@ def is_off_cpu_event(event: str) -> bool:
 def reason(state: str, frames: Sequence[Tuple[str, str]]) -> str:
     """Why a thread waited: `state` as the reader names it (`S`, `D`, `R+`...), `frames` its
     stack at the switch-out, outermost first (see the module's docstring)."""
-    if state.startswith("R"):
-        return "preempted"
     kernel = [fold.base_symbol(s) for s, d in frames if fold.frame_kind(s, d) == fold.KERNEL]
+    user = [(fold.base_symbol(s), d) for s, d in frames if fold.frame_kind(s, d) != fold.KERNEL]
+    if state.startswith("R"):
+        # Preempted while handing the GIL over (drop_gil woke the other thread, which took this
+        # CPU) or taking it: the thread would wait for the GIL next; else it waits for a CPU.
+        return "gil" if _in_gil_handover(user) else "preempted"
     if any(_PAGE_FAULT.match(s) for s in kernel):
         return "page-fault"
-    user = [(fold.base_symbol(s), d) for s, d in frames if fold.frame_kind(s, d) != fold.KERNEL]
     futex = any(_FUTEX.match(s) for s in kernel)
     if (futex or not kernel) and _waits_for_gil(user):
         return "gil"
@@ -77,6 +81,11 @@ def reason(state: str, frames: Sequence[Tuple[str, str]]) -> str:
     if any(_IO.match(s) for s in kernel) or "D" in state:
         return "io"
     return "other"
+
+
+def _in_gil_handover(user: Sequence[Tuple[str, str]]) -> bool:
+    inner = [s for s, d in user if not fold.is_c_runtime(d)]
+    return bool(inner) and inner[-1] in ("drop_gil", "take_gil")
 
 
 def _waits_for_gil(user: Sequence[Tuple[str, str]]) -> bool:
