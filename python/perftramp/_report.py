@@ -424,7 +424,8 @@ def top_table(stacks: Sequence[fold.ViewStack], limit: int = 15, measure: Measur
             total[frame] = total.get(frame, 0) + stack.count
     pct = 100.0 / total_samples
     rows = sorted(total, key=lambda f: (-self_samples.get(f, 0), -total[f], f.label, f.file))[:limit]
-    lines = [f"Python functions, by self {measure.label} ({total_samples:,} {measure.label}; self = "
+    by = "time" if measure == SAMPLES else measure.label
+    lines = [f"Python functions, by self {by} ({total_samples:,} {measure.label}; self = "
              f"the innermost Python frame of a sample, total = anywhere on its stack):",
              f"{'self':>8} {'total':>8}  function  file:line"]
     for frame in rows:
