@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,25 @@ def test_doctor_when_perf_cannot_record_tracepoints(perf, tmp_path):
                      r"record the scheduler tracepoint sched:sched_switch: ", out), out
     assert "unknown tracepoint" in out
     assert "recording will work" in out
+
+
+def test_event_problem_names_a_hardware_event_perf_would_replace(perf):
+    """perf records cpu-clock, silently, in place of a hardware event the machine lacks: record -e
+    refuses then, instead of drawing CPU time under the event's name."""
+    counts, _ = doctor.stat_events(perf, ("cycles",))
+    problem = doctor.event_problem(perf, "cycles")
+    if counts.get("cycles") is None:  # no PMU here (this project's machine)
+        assert problem is not None and "cpu-clock in place of cycles" in problem, problem
+    else:
+        assert problem is None, problem
+    assert doctor.event_problem(perf, "page-faults") is None
+    bad = doctor.event_problem(perf, "no-such-event")
+    assert bad is not None and "cannot record 'no-such-event'" in bad
+
+
+def test_record_refuses_an_event_it_cannot_record(perf, tmp_path):
+    proc = cli("record", "-e", "no-such-event", "-o", str(tmp_path / "rec"), "--", sys.executable,
+               "-c", "pass")
+    assert proc.returncode == 2, proc.stderr
+    assert "-e no-such-event: perf cannot record" in proc.stderr
+    assert not (tmp_path / "rec" / "perf.data").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import platform
 import shutil
 import subprocess
@@ -95,6 +96,37 @@ def probe_perf_record(perf: str, args: List[str], timeout: float = 60) -> Tuple[
 def probe_record(perf: str, call_graph: List[str]) -> Tuple[bool, str]:
     """Records `true` the way `record` would: the only sure test (containers, seccomp, mlock)."""
     return probe_perf_record(perf, ["-F", "99", *call_graph])
+
+
+def _event_base(name: str) -> str:
+    """`cycles:u` -> `cycles`, `cpu-clock/freq=99/` -> `cpu-clock`."""
+    return re.split(r"[/:]", name, maxsplit=1)[0]
+
+
+def event_problem(perf: str, event: str) -> Optional[str]:
+    """What `record -e EVENT` calls before it runs the program: None when perf records EVENT
+    itself here, else why not. perf silently records cpu-clock instead of a hardware event the
+    machine lacks (cycles, instructions on a VM without a PMU): a view weighed by it would be
+    CPU time under the event's name."""
+    with tempfile.TemporaryDirectory(prefix="perftramp-event-") as tmp:
+        data = os.path.join(tmp, "perf.data")
+        try:
+            proc = subprocess.run([perf, "record", "-e", event, "-o", data, "--", "true"],
+                                  capture_output=True, text=True, timeout=60)
+            if proc.returncode != 0 or not os.path.isfile(data):
+                lines = [line for line in proc.stderr.splitlines() if line.strip()][:4]
+                return f"perf cannot record {event!r} here: " + " / ".join(lines)
+            listed = subprocess.run([perf, "evlist", "-i", data], capture_output=True, text=True,
+                                    timeout=60).stdout.split()
+        except (OSError, subprocess.TimeoutExpired) as err:
+            return f"perf cannot record {event!r} here: {err}"
+    recorded = listed[0] if listed else ""
+    clocks = ("cpu-clock", "task-clock")
+    if _event_base(recorded) in clocks and _event_base(event) not in clocks:
+        return (f"perf records {recorded} in place of {event} here: this machine has no hardware "
+                f"counter for it (a VM without a PMU, or no access to it). Software events work: "
+                f"-e page-faults, -e context-switches (python -m perftramp doctor lists them)")
+    return None
 
 
 # --- Off-CPU time: the scheduler's tracepoints ---------------------------------------------------

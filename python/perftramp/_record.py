@@ -94,13 +94,19 @@ EVENT_PERIODS = {"page-faults": 100, "faults": 100, "minor-faults": 100, "major-
 def check_sampling(perf: str, sampling: Sampling) -> None:
     """Refuses, before the program runs, a recording that could not measure what was asked:
     off-CPU time where perf cannot record the scheduler's tracepoints (never a recording
-    silently without it)."""
+    silently without it), an event perf cannot record or would replace by cpu-clock."""
     if sampling.off_cpu:
         from ._doctor import off_cpu_problem  # _doctor imports this module
 
         problem = off_cpu_problem(perf)
         if problem:
             raise CliError(f"--off-cpu: {problem}")
+    if sampling.event:
+        from ._doctor import event_problem
+
+        problem = event_problem(perf, sampling.event)
+        if problem:
+            raise CliError(f"-e {sampling.event}: {problem}", 2)
 
 
 #: The scheduler tracepoint whose samples are switch-outs.
