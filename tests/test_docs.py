@@ -402,11 +402,15 @@ def test_the_readme_keeps_to_the_first_screens():
 
 PROGRAM = """\
 import sys, time
+KEPT = []
 
 def docs_leaf(n):
     s = 0
     for i in range(n):
         s += i * i
+    # 16 KiB kept each call (16 MB a second): fresh pages, so the page faults a documented
+    # `record -e page-faults` weighs the view by are this function's too.
+    KEPT.append(bytes(16 * 1024))
     return s
 
 def docs_branch(n):
@@ -500,6 +504,9 @@ def test_the_documented_record_commands_draw_the_programs_functions(perf, record
         for name in promised:
             assert (recording.directory / name).is_file(), f"{where}: no {name}"
         table = proc.stdout
+        if "-e" in invocation.words:  # weighed by the event: the table says so
+            event = invocation.words[invocation.words.index("-e") + 1]
+            assert table.startswith(f"Python functions, by self {event.replace('-', ' ')} ("), table
         svg = (recording.directory / "flamegraph.svg").read_text()
         for function in FUNCTIONS:
             assert function in table, f"{where}: {function} not in the table\n{table}"

@@ -41,6 +41,17 @@ CASES = {
     # An interpreter without symbols for its static take_gil (Debian's stripped binaries).
     "gil-stripped": ("S", stack(("[unknown]", LIBPYTHON),
                                 ("pthread_cond_timedwait@@GLIBC_2.3.2", LIBC), kernel=FUTEX)),
+    # Debian's stripped 3.14: os.read's return takes the GIL through unnamed static functions.
+    "gil-stripped-condvar": ("S", stack(("[unknown]", LIBPYTHON), ("[unknown]", LIBPYTHON),
+                                        ("pthread_cond_timedwait@@GLIBC_2.3.2", LIBC), ("[unknown]", LIBC),
+                                        kernel=FUTEX)),
+    # ...and drop_gil, unnamed, preempted as it signals the GIL's condition variable.
+    "preempted-stripped-handover": ("R+", stack(("_Py_HandlePending", LIBPYTHON), ("[unknown]", LIBPYTHON),
+                                                ("pthread_cond_signal", LIBC),
+                                                kernel=SYSCALL + [("exit_to_user_mode_loop", K)])),
+    # A C extension's own condition variable is not the GIL.
+    "ext-condvar": ("S", stack(("worker_wait", "/app/ext.so"), ("pthread_cond_wait@@GLIBC_2.3.2", LIBC),
+                               kernel=FUTEX)),
     "lock": ("S", stack(*py("lock_PyThread_acquire_lock", "acquire_timed", "PyThread_acquire_lock_timed"),
                         ("__new_sem_wait_slow64.constprop.0", LIBC), kernel=FUTEX)),
     "io": ("S", stack(*py("os_read", "_Py_read"), ("read", LIBC),
@@ -68,7 +79,8 @@ CASES = {
                                           ("bit_wait_io", K), ("schedule", K)])),
     "other": ("S", stack(("waitpid", LIBC), kernel=SYSCALL + [("do_wait", K), ("schedule", K)])),
 }
-EXPECTED = {"gil": "gil", "gil-handover": "gil", "gil-stripped": "gil", "lock": "lock", "io": "io",
+EXPECTED = {"gil": "gil", "gil-handover": "gil", "gil-stripped": "gil", "gil-stripped-condvar": "gil",
+            "preempted-stripped-handover": "gil", "ext-condvar": "lock", "lock": "lock", "io": "io",
             "sleep": "sleep", "sleep-select": "sleep", "page-fault": "page-fault",
             "preempted": "preempted", "preempted-handing-over": "gil", "disk": "io", "other": "other"}
 

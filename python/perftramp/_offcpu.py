@@ -9,14 +9,15 @@ view: a thread's whole life, in microseconds, on CPU or waiting.
 Reasons (in this order: the first that matches wins):
 
 * preempted: the state is `R` (runnable): the thread wanted a CPU and had none (but gil when
-  it was preempted inside `drop_gil` or `take_gil`: handing the GIL over, the thread it woke
-  took its CPU, and it would wait for the GIL next).
+  it was preempted inside `drop_gil` or `take_gil`, or as the interpreter signalled a condition
+  variable: handing the GIL over, the thread it woke took its CPU, and it would wait for the
+  GIL next).
 * page-fault: the kernel stack is handling a page fault (it had to wait for memory or disk).
-* gil: the innermost named interpreter frame takes the GIL (`take_gil`, `PyEval_RestoreThread`,
-  `PyEval_AcquireThread`, `PyGILState_Ensure`, `_PyThreadState_Attach`, the eval breaker) or
-  hands it over (`drop_gil` waits until another thread has taken it), or the eval loop itself
-  waits on a futex (an interpreter without symbols for its static `take_gil`, which the eval
-  breaker calls).
+* gil: the interpreter waits on a condition variable (`pthread_cond_timedwait`: on Linux
+  CPython has one for the GIL only, its locks are semaphores), or the innermost named
+  interpreter frame takes the GIL (`take_gil`, `PyEval_RestoreThread`, `PyEval_AcquireThread`,
+  `PyGILState_Ensure`, `_PyThreadState_Attach`, the eval breaker) or hands it over (`drop_gil`
+  waits until another thread has taken it), or the eval loop itself waits on a futex.
 * sleep: `time.sleep` (CPython's `pysleep`: select() on 3.9-3.10), nanosleep, timers.
 * lock: a futex (Python locks, Condition, Queue, C mutexes).
 * io: sockets, pipes, terminals, select/poll/epoll, files and disks (and any wait in state D).
@@ -83,21 +84,42 @@ def reason(state: str, frames: Sequence[Tuple[str, str]]) -> str:
     return "other"
 
 
+#: On Linux CPython waits on a condition variable for the GIL only (its locks are semaphores):
+#: an interpreter frame calling one of these is the GIL, named or not (a stripped interpreter).
+_CONDVAR_WAIT = frozenset({"pthread_cond_wait", "pthread_cond_timedwait", "pthread_cond_clockwait"})
+_CONDVAR_WAKE = frozenset({"pthread_cond_signal", "pthread_cond_broadcast"})
+
+
+def _caller_and_libc_call(user: Sequence[Tuple[str, str]]) -> Tuple[Tuple[str, str], str]:
+    """The innermost user frame outside the C runtime, and the C runtime function it called
+    (its outermost named frame, without its symbol version: `pthread_cond_timedwait`)."""
+    index = len(user)
+    while index > 0 and fold.is_c_runtime(user[index - 1][1]):
+        index -= 1
+    caller = user[index - 1] if index > 0 else ("", "")
+    called = next((s.split("@", 1)[0] for s, _ in user[index:] if s not in ("[unknown]", "")), "")
+    return caller, called
+
+
 def _in_gil_handover(user: Sequence[Tuple[str, str]]) -> bool:
-    inner = [s for s, d in user if not fold.is_c_runtime(d)]
-    return bool(inner) and inner[-1] in ("drop_gil", "take_gil")
+    (symbol, dso), called = _caller_and_libc_call(user)
+    if fold.frame_kind(symbol, dso) != fold.INTERPRETER:
+        return False
+    return symbol in ("drop_gil", "take_gil") or called in _CONDVAR_WAKE or called in _CONDVAR_WAIT
 
 
 def _waits_for_gil(user: Sequence[Tuple[str, str]]) -> bool:
-    """Whether the innermost user frame past the C runtime (pthread_cond_wait...) is the
-    interpreter taking or handing over the GIL; when that frame has no name (a static function
-    of a stripped interpreter), whether the innermost named interpreter frame is."""
-    inner = [(s, d) for s, d in user if not fold.is_c_runtime(d)]
-    if not inner or fold.frame_kind(*inner[-1]) != fold.INTERPRETER:
+    """Whether the innermost user frame past the C runtime is the interpreter taking or handing
+    over the GIL: by its name, by the condition variable it waits on, or, when it has no name
+    (a static function of a stripped interpreter), by the innermost named interpreter frame."""
+    (symbol, dso), called = _caller_and_libc_call(user)
+    if fold.frame_kind(symbol, dso) != fold.INTERPRETER:
         return False  # a C extension's own wait, or none at all
-    if inner[-1][0] not in ("[unknown]", ""):
-        return inner[-1][0] in _GIL
-    named = [s for s, d in inner if fold.frame_kind(s, d) == fold.INTERPRETER and s not in ("[unknown]", "")]
+    if called in _CONDVAR_WAIT:
+        return True
+    if symbol not in ("[unknown]", ""):
+        return symbol in _GIL
+    named = [s for s, d in user if fold.frame_kind(s, d) == fold.INTERPRETER and s not in ("[unknown]", "")]
     return bool(named) and named[-1] in _GIL
 
 
