@@ -662,6 +662,8 @@ def test_interpreter_detection(tmp_path):
     assert _record.python_of(str(script)) is None
     assert _record.python_of("/bin/ls") is None
     assert _record.choose_mode("auto", "py", True, None).mode == "map"
+    # Waits happen inside libc (no frame pointers): --off-cpu takes dwarf stacks even then.
+    assert _record.choose_mode("auto", "py", True, None, off_cpu=True).unwind == "elf"
     plan = _record.choose_mode("auto", "py", False, None)
     assert (plan.mode, plan.unwind, plan.frequency) == ("elf", "elf", 249)
     assert _record.CALL_GRAPH["elf"] == ["--call-graph", "dwarf,65528"]  # no -k 1: no inject

@@ -145,7 +145,9 @@ def test_waits_are_attributed_to_the_function_and_reason(tmp_path: Path) -> None
 
 #: wait_mix's phase length (two phases), and how many times the whole check runs.
 WAIT_MIX_SECONDS = "1.5"
-WAIT_MIX_RUNS = int(os.environ.get("PERFTRAMP_OFFCPU_RUNS", "2"))
+#: Twice where the reasons differ most (3.12's named GIL functions, 3.14's stripped ones: the
+#: losses seen in exec'd workers came and went run to run), once elsewhere (CI time).
+WAIT_MIX_RUNS = int(os.environ.get("PERFTRAMP_OFFCPU_RUNS", "2" if sys.version_info[:2] in ((3, 12), (3, 14)) else "1"))
 
 
 def problems(thread: dict, measured: Dict[str, object]) -> List[str]:

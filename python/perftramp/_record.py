@@ -221,14 +221,21 @@ class Plan:
 
 
 def choose_mode(requested: str, python: Optional[str], fp: Optional[bool],
-                frequency: Optional[int], map_dwarf_resolves: bool = True) -> Plan:
+                frequency: Optional[int], map_dwarf_resolves: bool = True,
+                off_cpu: bool = False) -> Plan:
     """--mode auto: frame pointers give full stacks in map mode at the lowest cost; otherwise
     elf mode, whose arena images let perf's dwarf unwinder walk through every Python frame
     with nothing to run after the recording. `map_dwarf_resolves`: whether this perf's dwarf
     unwinder names perf-map code at all (perf 7's libdw does not: map mode without frame
-    pointers would show no Python frame)."""
+    pointers would show no Python frame). `off_cpu`: waits are mostly inside libc, which has
+    no frame pointers: a frame-pointer walk from there loses the Python frames (seen on 3.15:
+    half of the GIL waits unattributed), so auto takes elf mode's dwarf stacks even then."""
     if requested == "auto":
-        if fp:
+        if fp and off_cpu:
+            mode, unwind, reason = "elf", "elf", (
+                f"{python} has frame pointers, but waits happen inside libc, which has none: "
+                f"elf mode, dwarf stacks (--off-cpu)")
+        elif fp:
             mode, unwind, reason = "map", "fp", f"{python} has frame pointers: map mode, --call-graph fp"
         elif fp is False:
             mode, unwind, reason = "elf", "elf", (
@@ -431,7 +438,8 @@ def record_command(perf: str, command: List[str], *, output: Path, mode: str, fr
     fp = has_frame_pointers(python) if python else None
     check_sampling(perf, sampling)
     perf_info = _perf.inspect(perf)
-    plan = choose_mode(mode, python, fp, frequency, perf_info.map_dwarf_resolves)
+    plan = choose_mode(mode, python, fp, frequency, perf_info.map_dwarf_resolves,
+                       off_cpu=sampling.off_cpu)
     directory = prepare_output_dir(output, force)
     env = dict(os.environ)
     env["PERFTRAMP"] = plan.mode
