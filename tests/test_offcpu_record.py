@@ -24,9 +24,12 @@ from perftramp import _rawstacks as raw
 pytestmark = pytest.mark.perf
 
 THREADS = r'''
-import ctypes, os, threading, time
+import ctypes, os, sys, threading, time
 libc = ctypes.CDLL(None)
 END = time.time() + 1.5
+# The computing thread holds the GIL; a thread woken from a wait takes it back within this
+# (not CPython's 5 ms), so its waits stay its own even on a loaded machine.
+sys.setswitchinterval(0.0005)
 
 def named(name):
     libc.prctl(15, name.encode(), 0, 0, 0)
@@ -41,7 +44,7 @@ def compute_loop():
 def sleep_loop():
     named("sleeper")
     while time.time() < END:
-        time.sleep(0.01)
+        time.sleep(0.05)
 
 lock = threading.Lock()
 lock.acquire()  # held until the end: the waiter blocks on it for its whole life
@@ -153,11 +156,12 @@ WAIT_MIX_RUNS = int(os.environ.get("PERFTRAMP_OFFCPU_RUNS", "2" if sys.version_i
 def problems(thread: dict, measured: Dict[str, object]) -> List[str]:
     """How a thread's measured shares (offcpu_truth.perftramp_shares) miss its truth by more
     than 5 points. The truth cannot say what the scheduler adds: a woken thread retakes the
-    GIL from a computing one (at most `gil_wait_max_s`, counted by wait_mix), and under load
+    GIL from a computing one (wait_mix's `gil_wait_max_s` assumes the holder gives it up within
+    the switch interval; on a loaded machine the holder itself may wait for a CPU first), and
     any thread can be runnable without a CPU (preempted); on an interpreter without symbols
     for drop_gil (Debian's 3.14), being preempted while handing the GIL over stays preempted.
-    So the main wait may fall short of the truth by those two, never by more, and nothing
-    else may appear."""
+    So the main wait may fall short of the truth by what was measured as those two, never by
+    more; the three together must match the truth; and nothing else may appear."""
     functions = measured.get("functions", {})
     categories = dict(measured.get("categories", {}))  # type: ignore[arg-type]
     found: List[str] = []
@@ -169,11 +173,12 @@ def problems(thread: dict, measured: Dict[str, object]) -> List[str]:
         found.append(f"cpu {categories.get('cpu', 0.0):.3f}, truth {expected.get('cpu', 0.0):.3f}")
     main = thread["main_category"]
     if main != "cpu":
-        scheduler = categories.get("preempted", 0.0) + (
-            thread["gil_wait_max_s"] / thread["wall_s"] if main != "gil" else 0.0)
+        scheduler = categories.get("preempted", 0.0) + (categories.get("gil", 0.0) if main != "gil" else 0.0)
         got, truth = categories.get(main, 0.0), expected.get(main, 0.0)
         if got > truth + 0.05 or got < truth - 0.05 - scheduler:
             found.append(f"{main} {got:.3f}, truth {truth:.3f} (less allowed: {scheduler:.3f})")
+        if abs(got + scheduler - truth) > 0.05:
+            found.append(f"{main} {got:.3f} + gil/preempted {scheduler:.3f}, truth {truth:.3f}")
     allowed = {"cpu", main, "gil", "preempted"}
     found += [f"{name} {share:.3f}: not expected" for name, share in categories.items()
               if name not in allowed and share > 0.02]
