@@ -53,14 +53,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -105,13 +104,18 @@ def wait_mix_truth(truth_path: Path) -> dict:
 _PYSPY_THREAD = re.compile(r"^thread \((0x[0-9a-fA-F]+|\d+)\)(?::\s*(.*))?$")
 
 
-def parse_pyspy_raw(text: str, truth: dict) -> Counts:
-    counts: Counts = {}
+def collapsed(text: str) -> Iterator[Tuple[str, List[str], int]]:
+    """(line, frames with the thread first, count) of each `frame;frame;... count` line (py-spy's
+    raw format and profiling.sampling's collapsed one)."""
     for line in text.splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        parts = stack.split(";")
+        if stack and count.isdigit():
+            yield line, stack.split(";"), int(count)
+
+
+def parse_pyspy_raw(text: str, truth: dict) -> Counts:
+    counts: Counts = {}
+    for line, parts, count in collapsed(text):
         match = _PYSPY_THREAD.match(parts[0])
         if not match:
             raise ValueError(f"py-spy line without a thread (run with --threads?): {line[:120]}")
@@ -120,7 +124,7 @@ def parse_pyspy_raw(text: str, truth: dict) -> Counts:
         function = frames[-1].rsplit(" (", 1)[0] if frames else ""
         thread = offcpu_truth.thread_name(truth, match.group(2) or "", tid)
         key = (thread, function, "")
-        counts[key] = counts.get(key, 0) + int(count)
+        counts[key] = counts.get(key, 0) + count
     return counts
 
 
@@ -176,11 +180,7 @@ def tool_pyspy_sid(args, out: Path) -> dict:
 
 def parse_collapsed(text: str, truth: dict) -> Counts:
     counts: Counts = {}
-    for line in text.splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        parts = stack.split(";")
+    for line, parts, count in collapsed(text):
         if not parts[0].startswith("tid:"):
             raise ValueError(f"collapsed line without tid: {line[:120]}")
         tid = int(parts[0][4:])
@@ -191,7 +191,7 @@ def parse_collapsed(text: str, truth: dict) -> Counts:
                 function = fields[1]
                 break
         key = (offcpu_truth.thread_name(truth, "", tid), function, "")
-        counts[key] = counts.get(key, 0) + int(count)
+        counts[key] = counts.get(key, 0) + count
     return counts
 
 

@@ -123,7 +123,7 @@ def test_wall_stacks_weigh_cpu_samples_and_waits_in_microseconds() -> None:
         (1, 10, "worker", compute, "page-faults", 100),                  # another event: not time
         (1, 10, "worker", lock, "off-cpu:S", 400),                       # under 0.5 µs: dropped
     ]
-    wall = oc.wall_stacks(rows, "cpu-clock/freq=249/")
+    wall = oc.wall_stacks(rows, oc.reasons(rows), "cpu-clock/freq=249/")
     assert sum(wall.values()) == 42_000
     waits = {k: v for k, v in wall.items() if k[2][-1] == (off_cpu_symbol("lock"), OFF_CPU_DSO)}
     assert sum(waits.values()) == 30_000
@@ -141,7 +141,7 @@ def test_tables_split_each_thread_and_function_into_cpu_and_waits() -> None:
         (1, 10, "worker", lock, "off-cpu:S", 75_000_000),
         (1, 10, "sleeper", sleep, "off-cpu:S", 100_000_000),
     ]
-    stacks = view(oc.wall_stacks(rows, "cpu-clock"))
+    stacks = view(oc.wall_stacks(rows, oc.reasons(rows), "cpu-clock"))
     threads = oc.thread_table(stacks)
     worker = next(line for line in threads.splitlines() if line.endswith("worker [pid 10]"))
     sleeper = next(line for line in threads.splitlines() if line.endswith("sleeper [pid 10]"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import platform
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from . import _perf
 from . import _record as rec
 from . import _report as rp
+from ._measure import is_cpu_clock
 from ._perf import jit_capable, perf_version  # noqa: F401 (doctor's public helpers)
 
 SUPPORTED_ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
@@ -98,11 +98,6 @@ def probe_record(perf: str, call_graph: List[str]) -> Tuple[bool, str]:
     return probe_perf_record(perf, ["-F", "99", *call_graph])
 
 
-def _event_base(name: str) -> str:
-    """`cycles:u` -> `cycles`, `cpu-clock/freq=99/` -> `cpu-clock`."""
-    return re.split(r"[/:]", name, maxsplit=1)[0]
-
-
 def event_problem(perf: str, event: str) -> Optional[str]:
     """What `record -e EVENT` calls before it runs the program: None when perf records EVENT
     itself here, else why not. perf silently records cpu-clock instead of a hardware event the
@@ -121,8 +116,7 @@ def event_problem(perf: str, event: str) -> Optional[str]:
         except (OSError, subprocess.TimeoutExpired) as err:
             return f"perf cannot record {event!r} here: {err}"
     recorded = listed[0] if listed else ""
-    clocks = ("cpu-clock", "task-clock")
-    if _event_base(recorded) in clocks and _event_base(event) not in clocks:
+    if is_cpu_clock(recorded) and not is_cpu_clock(event):
         return (f"perf records {recorded} in place of {event} here: this machine has no hardware "
                 f"counter for it (a VM without a PMU, or no access to it). Software events work: "
                 f"-e page-faults, -e context-switches (python -m perftramp doctor lists them)")

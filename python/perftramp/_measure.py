@@ -7,6 +7,7 @@ table and export takes its labels and units from the Measure it is given."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 #: The DSO of the synthetic frame that ends an off-CPU stack, and its symbol's prefix.
@@ -53,6 +54,15 @@ SAMPLES = Measure("samples", "count", "samples")
 WALL = Measure("wall", "microseconds", "µs")
 #: Off-CPU view: off-CPU time only, in microseconds.
 OFF_CPU = Measure("off-cpu", "microseconds", "µs")
+
+
+#: The clock events whose samples are time on CPU (their period is in nanoseconds).
+CPU_CLOCKS = ("cpu-clock", "task-clock")
+
+
+def is_cpu_clock(event: str) -> bool:
+    """`cpu-clock`, `cpu-clock/freq=249/`, `task-clock:u`: samples of time on CPU."""
+    return re.split(r"[/:]", event, maxsplit=1)[0] in CPU_CLOCKS
 
 
 def event_measure(event: str) -> Measure:

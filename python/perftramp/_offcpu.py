@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import heapq
 import re
-from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 from . import _folding as fold
 from . import _rawstacks as raw
@@ -123,16 +123,24 @@ def _waits_for_gil(user: Sequence[Tuple[str, str]]) -> bool:
     return bool(named) and named[-1] in _GIL
 
 
-def wall_stacks(rows: Iterable[Tuple[int, int, str, Sequence[Tuple[str, str]], str, int]],
-                cpu_event: str) -> raw.RawStacks:
-    """The wall view's stacks in microseconds, from the reader's rows (count, pid, comm,
-    frames, event, weight): `cpu_event`'s samples weighed by their period (nanoseconds on CPU),
-    and every off-CPU interval under a last frame naming its reason."""
+#: A stack as the reader returns it: (count, pid, comm, frames outermost first, event, weight).
+Row = Tuple[int, int, str, Sequence[Tuple[str, str]], str, int]
+
+
+def reasons(rows: Sequence[Row]) -> Dict[int, str]:
+    """The reason of every off-CPU row, by its index (the reader's stack id)."""
+    return {index: reason(event[len(OFF_CPU_EVENT):], frames)
+            for index, (_, _, _, frames, event, _) in enumerate(rows) if is_off_cpu_event(event)}
+
+
+def wall_stacks(rows: Sequence[Row], why: Mapping[int, str], cpu_event: str) -> raw.RawStacks:
+    """The wall view's stacks in microseconds, from the reader's rows: `cpu_event`'s samples
+    weighed by their period (nanoseconds on CPU), and every off-CPU interval under a last frame
+    naming its reason (`why`, from reasons())."""
     nanoseconds: Dict[raw.RawKey, int] = {}
-    for _, pid, comm, frames, event, weight in rows:
-        if is_off_cpu_event(event):
-            why = reason(event[len(OFF_CPU_EVENT):], frames)
-            frames = list(frames) + [(off_cpu_symbol(why), OFF_CPU_DSO)]
+    for index, (_, pid, comm, frames, event, weight) in enumerate(rows):
+        if index in why:
+            frames = list(frames) + [(off_cpu_symbol(why[index]), OFF_CPU_DSO)]
         elif event != cpu_event:
             continue
         key = raw.key(comm, pid, frames)
@@ -140,16 +148,14 @@ def wall_stacks(rows: Iterable[Tuple[int, int, str, Sequence[Tuple[str, str]], s
     return {key: round(ns / 1000) for key, ns in nanoseconds.items() if ns >= 500}
 
 
-Row = Tuple[int, int, str, Sequence[Tuple[str, str]], str, int]
-
-
-def gil_holders(rows: Sequence[Row], timeline: Mapping[str, Sequence[Tuple[int, ...]]]) -> raw.RawStacks:
+def gil_holders(rows: Sequence[Row], why: Mapping[int, str],
+                timeline: Mapping[str, Sequence[Tuple[int, ...]]]) -> raw.RawStacks:
     """What ran while threads waited for the GIL: the CPU samples (microseconds, their
     stacks) taken in a process while another of its threads was in an off-CPU interval whose
-    reason is the GIL. `timeline` is the reader's: `intervals` (pid, tid, start, end, stack
-    index) and `samples` (pid, tid, time, stack index, weight), stack index = row index."""
-    gil = {index for index, (_, _, _, frames, event, _) in enumerate(rows)
-           if is_off_cpu_event(event) and reason(event[len(OFF_CPU_EVENT):], frames) == "gil"}
+    reason (`why`, from reasons()) is the GIL. `timeline` is the reader's: `intervals` (pid,
+    tid, start, end, stack index) and `samples` (pid, tid, time, stack index, weight), stack
+    index = row index."""
+    gil = {index for index, named in why.items() if named == "gil"}
     waits: Dict[int, List[Tuple[int, int, int]]] = {}
     for pid, tid, start, end, stack in timeline.get("intervals", ()):
         if stack in gil:
@@ -186,9 +192,11 @@ def gil_table(stacks: Sequence[fold.ViewStack], limit: int = 10) -> str:
     held: Dict[Tuple[str, str, int, str], int] = {}
     for stack in stacks:
         python = [f for f in stack.frames if f.kind == fold.PYTHON]
-        leaf = python[-1] if python else None
-        row = (leaf.function, f"{leaf.file}:{leaf.line}" if leaf and leaf.line else (leaf.file if leaf else ""),
-               stack.pid, stack.comm) if leaf else ("(no Python frame)", "", stack.pid, stack.comm)
+        function, where = ("(no Python frame)", "")
+        if python:
+            leaf = python[-1]
+            function, where = leaf.function, f"{leaf.file}:{leaf.line}" if leaf.line else leaf.file
+        row = (function, where, stack.pid, stack.comm)
         held[row] = held.get(row, 0) + stack.count
     lines = [f"While threads waited for the GIL, on CPU in another thread of their process "
              f"({_ms(total)} ms; the likely GIL holders):",

@@ -21,7 +21,7 @@ from . import _offcpu as oc
 from . import _perf
 from . import _perfscript as ps
 from . import _rawstacks as raw
-from ._measure import OFF_CPU, SAMPLES, WALL, Measure, event_measure
+from ._measure import OFF_CPU, SAMPLES, WALL, Measure, event_measure, is_cpu_clock
 
 # What a recording directory holds.
 PERF_DATA = "perf.data"
@@ -319,15 +319,6 @@ DEFAULT_UNWINDER = "perftramp"
 WARNINGS_SHOWN = 3
 
 
-#: The clock events whose samples are time on CPU (their period is in nanoseconds).
-CPU_CLOCKS = ("cpu-clock", "task-clock")
-
-
-def is_cpu_clock(event: str) -> bool:
-    """`cpu-clock`, `cpu-clock/freq=249/`, `task-clock:u`: samples of time on CPU."""
-    return re.split(r"[/:]", event, maxsplit=1)[0] in CPU_CLOCKS
-
-
 def read_collapse(data: Path, *, weigh: bool = False) -> Optional[Collapsed]:
     """Reads `data` with perftramp's own reader (crates/analysis): every sample unwound with
     the mappings of its own process (perf 6's unwinder reuses the first process's libpython
@@ -362,11 +353,12 @@ def read_collapse(data: Path, *, weigh: bool = False) -> Optional[Collapsed]:
             pids.add(pid)
     wall = holders = None
     if off_cpu:
-        holders = oc.gil_holders(rows, info.get("timeline") or {})
+        reasons = oc.reasons(rows)
+        holders = oc.gil_holders(rows, reasons, info.get("timeline") or {})
         if cpu_event is None:
             say(f"warning: {data} has scheduler switches but no cpu-clock samples: its wall view "
                 f"shows the time off CPU only")
-        wall = oc.wall_stacks(rows, cpu_event or "")
+        wall = oc.wall_stacks(rows, reasons, cpu_event or "")
     warnings = list(info.get("warnings", ()))
     for warning in warnings[:WARNINGS_SHOWN]:
         say(f"warning: {data}: {warning}")
