@@ -40,10 +40,10 @@ ticks of its life: its wall time (that run's truth file) times the run's samplin
 profiling.sampling reports, "Captured N samples in T seconds"; py-spy reports none: --rate).
 seen: a thread's samples in the wall run over those ticks (below 100: ticks the sampler missed,
 it fell behind; perftramp: the thread's µs in the wall view over its wall time, a little over
-100 as a thread lives a little longer than its function). py-spy draws its intervals from an exponential distribution (Poisson ticks,
-against aliasing), so its tick count itself varies by about 1/sqrt(rate * wall_s) (6% over 3 s
-at 100 Hz): its seen ranges 92-117% and its cpu and gil shares carry that noise (a cpu share
-over 100% is that noise). Threads are matched to the truth by OS tid (py-spy,
+100 as a thread lives a little longer than its function). py-spy draws its intervals from an
+exponential distribution (Poisson ticks, against aliasing), so its tick count itself varies by
+about 1/sqrt(rate * wall_s) (6% over 3 s at 100 Hz): its seen ranges 92-117% and its cpu and
+gil shares carry that noise (a cpu share over 100% is that noise). Threads are matched to the truth by OS tid (py-spy,
 sampling) or comm (perftramp). Raw outputs, truths and the table go to --out (default
 target/offcpu-compare-<time>/).
 """
@@ -155,10 +155,9 @@ def tool_pyspy(args, out: Path, sid: bool = False) -> dict:
         shutil.copy(WAIT_MIX, script)
         for mode, flags in (("wall", ["--idle"]), ("cpu", []), ("gil", ["--gil"])):
             raw, truth_path = out / f"{tag}-{mode}.txt", tmp / f"{tag}-{mode}-truth.json"
-            run([str(pyspy), "record", "--threads", "--format", "raw", "--rate", str(args.rate),
-                 "-o", str(raw)] + flags + ["--"] + python + [str(script), str(args.seconds),
-                                                            str(truth_path)],
-                out / f"{tag}-{mode}.log")
+            command = [str(pyspy), "record", "--threads", "--format", "raw", "--rate", str(args.rate),
+                       "-o", str(raw)] + flags + ["--"] + python
+            run(command + [str(script), str(args.seconds), str(truth_path)], out / f"{tag}-{mode}.log")
             if truth_path.exists():
                 shutil.copy(truth_path, out / truth_path.name)
             truth = wait_mix_truth(truth_path)

@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
     linux-perf                       # perf record / script / inject
     binutils                         # objdump, readelf
+    gdb                              # reads core dumps of crashes at exit (tests/test_robustness.py)
     gcc libc6-dev                    # x86_64 slot harness
     gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu libc6-dev-arm64-cross
     qemu-user-static                 # runs the aarch64 slot harness

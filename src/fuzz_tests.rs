@@ -14,9 +14,9 @@
 use linux_perf_data::jitdump::{JitDumpReader, JitDumpRecord, JitDumpRecordType};
 
 use crate::arch;
+use crate::sink::eh_frame::unwind_info;
 use crate::sink::jitdump;
 use crate::sink::names::{self, MAX_FILENAME, MAX_NAME, MAX_QUALNAME};
-use crate::sink::eh_frame::unwind_info;
 
 /// xorshift64* (Vigna): tiny, deterministic, good enough to spread inputs.
 struct Rng(u64);

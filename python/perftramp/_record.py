@@ -328,8 +328,9 @@ def make_jit_dir(directory: Path, perf_info: "_perf.PerfInfo") -> Path:
 
 def explain_perf_failure(stderr: str, status: int) -> CliError:
     low = stderr.lower()
-    if any(text in low for text in ("perf_event_paranoid", "no permission", "access to performance",
-                                     "operation not permitted", "permission denied")):
+    permission = ("perf_event_paranoid", "no permission", "access to performance",
+                  "operation not permitted", "permission denied")
+    if any(text in low for text in permission):
         paranoid = read_paranoid()
         who = "root" if os.geteuid() == 0 else "not root"
         return CliError(

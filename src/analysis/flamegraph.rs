@@ -203,12 +203,16 @@ mod tests {
             svg.contains("<!--NOTES: drawn by perftramp with inferno") && svg.contains("CDDL-1.0")
         );
         // Deterministic: same input, same bytes.
-        assert_eq!(svg, render(&lines, "perftramp test", Some("sub"), &none, false, "samples").unwrap());
+        assert_eq!(
+            svg,
+            render(&lines, "perftramp test", Some("sub"), &none, false, "samples").unwrap()
+        );
     }
 
     #[test]
     fn no_sample_is_an_error() {
-        let err = render(&["", "# nothing"], "t", None, &HashMap::new(), false, "samples").unwrap_err();
+        let err =
+            render(&["", "# nothing"], "t", None, &HashMap::new(), false, "samples").unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 

@@ -30,10 +30,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, Once, TryLockError};
 
 use crate::arch::{self, Arch};
-use crate::runtime::arena::{Anonymous, ArenaBacking, ExecMemory};
 use crate::cpython::{self, CodeNames};
-use crate::sink::elf::ElfImages;
+use crate::runtime::arena::{Anonymous, ArenaBacking, ExecMemory};
 use crate::runtime::hook::{self, Deactivated};
+use crate::sink::elf::ElfImages;
 use crate::sink::jitdump_file::JitDumpFile;
 use crate::sink::names;
 use crate::sink::perf_map::{self, PerfMap};
@@ -602,8 +602,8 @@ pub fn trim_files() {
 
 extern "C" fn at_exit() {
     // Py_AtExit runs at the very end of finalization, after CPython has freed the thread and
-    // interpreter states that daemon threads still point to (CPython 3.9-3.12 may crash such a
-    // thread if it wakes now, gh-110052). Anything slow here widens that window, so the real trim
+    // interpreter states that daemon threads still point to (CPython before 3.14 may crash such
+    // a thread if it wakes now, gh-110052). Anything slow here widens that window, so the real trim
     // happens earlier (trim_files via atexit); this only catches functions first run after it,
     // and costs no system call otherwise.
     if let Some(mut guard) = try_lock() {

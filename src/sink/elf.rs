@@ -29,9 +29,9 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, Ordering};
 
-use crate::sink::append_file::{AppendFile, Growth};
 use crate::arch::{self, Arch};
 use crate::runtime::arena::ArenaBacking;
+use crate::sink::append_file::{AppendFile, Growth};
 use crate::sink::elf_image::{self, Layout, FUNC_INFO, ST_INFO_OFFSET, SYM_SIZE};
 use crate::sink::file_error::{annotate, refusal};
 use crate::sink::{Sink, SinkKind, Trampoline};

@@ -149,7 +149,11 @@ pub fn initial_image(arch: &Arch, slot_size: usize) -> (Layout, Vec<u8>) {
     for (i, ph) in phdrs.iter().enumerate() {
         put(&mut out, EHDR_SIZE + i * PHDR_SIZE, bytes_of(ph));
     }
-    crate::runtime::arena::fill_arena(arch, slot_size, &mut out[text_offset..text_offset + ARENA_SIZE]);
+    crate::runtime::arena::fill_arena(
+        arch,
+        slot_size,
+        &mut out[text_offset..text_offset + ARENA_SIZE],
+    );
     put(&mut out, eh_frame_offset, &eh_frame);
     put(&mut out, eh_frame_hdr_offset, &eh_frame_hdr);
     for (i, sh) in section_headers(&layout, slots + 1, 1).iter().enumerate() {

@@ -14,13 +14,13 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::sink::append_file::{AppendFile, Growth};
 use crate::arch::Arch;
+use crate::sink::append_file::{AppendFile, Growth};
+use crate::sink::eh_frame::{self, UnwindInfo};
 use crate::sink::file_error::{annotate, refusal};
 use crate::sink::jitdump;
 use crate::sink::names;
 use crate::sink::{Sink, SinkKind, Trampoline};
-use crate::sink::eh_frame::{self, UnwindInfo};
 
 pub fn path_for(directory: &Path, pid: u32) -> PathBuf {
     directory.join(format!("jit-{pid}.dump"))

@@ -15,7 +15,9 @@ use linux_perf_data::linux_perf_event_reader::constants::{
     PERF_CONTEXT_KERNEL, PERF_CONTEXT_MAX, PERF_CONTEXT_USER, PERF_RECORD_LOST_SAMPLES,
     PERF_RECORD_MISC_SWITCH_OUT, PERF_RECORD_SWITCH, PERF_RECORD_SWITCH_CPU_WIDE,
 };
-use linux_perf_data::linux_perf_event_reader::{CpuMode, EventRecord, SampleRecord, SamplingPolicy};
+use linux_perf_data::linux_perf_event_reader::{
+    CpuMode, EventRecord, SampleRecord, SamplingPolicy,
+};
 use linux_perf_data::{Endianness, PerfFileReader, PerfFileRecord};
 
 use crate::elf_file::ElfCache;
