@@ -275,17 +275,12 @@ def toggle_command(pid: int, requested_signal: Optional[str]) -> int:
 
 
 def record_pid(perf: str, pid: int, *, duration: float, output: Path, force: bool,
-               frequency: Optional[int], requested_signal: Optional[str], top: int, inline: bool,
-               unwinder: str, perf_args: List[str], all_frames: bool = False, keep_tmp: bool = False,
-               compress: bool = True,
-               sampling: rec.Sampling = rec.Sampling()) -> int:
+               requested_signal: Optional[str], keep_tmp: bool, options: rec.RecordOptions) -> int:
     check_process(pid)
     env = process_env(pid)
     if _wants_remote_exec(pid, env, requested_signal):
         return _record_pid_remote(perf, pid, env, duration=duration, output=output, force=force,
-                                  frequency=frequency, top=top, inline=inline, unwinder=unwinder,
-                                  perf_args=perf_args, all_frames=all_frames, keep_tmp=keep_tmp,
-                                  compress=compress, sampling=sampling)
+                                  keep_tmp=keep_tmp, options=options)
     signum = _validated_signal(pid, env, requested_signal)
     name = signal_name(signum)
     directory = rec.prepare_output_dir(output, force)
@@ -305,9 +300,7 @@ def record_pid(perf: str, pid: int, *, duration: float, output: Path, force: boo
         say(f"sent {name} to {pid}, but it wrote no perftramp file within 3 s: is its handler "
             f"perftramp's toggle? Recording anyway")
     return _record_switched_on(perf, pid, env, after, directory, lambda: _turn_off(pid, signum, env),
-                               duration=duration, frequency=frequency, top=top, inline=inline,
-                               unwinder=unwinder, perf_args=perf_args, all_frames=all_frames, keep_tmp=keep_tmp,
-                               compress=compress, sampling=sampling)
+                               duration=duration, keep_tmp=keep_tmp, options=options)
 
 
 def _wants_remote_exec(pid: int, env: Dict[str, str], requested_signal: Optional[str]) -> bool:
@@ -322,9 +315,7 @@ def _wants_remote_exec(pid: int, env: Dict[str, str], requested_signal: Optional
 
 
 def _record_pid_remote(perf: str, pid: int, env: Dict[str, str], *, duration: float, output: Path,
-                       force: bool, frequency: Optional[int], top: int, inline: bool, unwinder: str,
-                       perf_args: List[str], all_frames: bool, keep_tmp: bool,
-                       compress: bool = True, sampling: rec.Sampling = rec.Sampling()) -> int:
+                       force: bool, keep_tmp: bool, options: rec.RecordOptions) -> int:
     """record --pid for a process without the signal toggle, on CPython 3.14+: perftramp is
     enabled in it with sys.remote_exec and disabled the same way at the end (unless it was on
     already, which is left as found)."""
@@ -347,9 +338,7 @@ def _record_pid_remote(perf: str, pid: int, env: Dict[str, str], *, duration: fl
         return _record_switched_on(
             perf, pid, env, files_of(pid, env), directory,
             lambda: f"perftramp was on in {pid} before this recording, and is left on",
-            duration=duration, frequency=frequency, top=top, inline=inline, unwinder=unwinder,
-            perf_args=perf_args, all_frames=all_frames, keep_tmp=keep_tmp, compress=compress,
-            sampling=sampling)
+            duration=duration, keep_tmp=keep_tmp, options=options)
     session = _remote.RemoteSession(pid, exe)
     jit_dir: Optional[Path] = None
     try:
@@ -377,19 +366,14 @@ def _record_pid_remote(perf: str, pid: int, env: Dict[str, str], *, duration: fl
                     f"trampolines stay, unused)")
 
         return _record_switched_on(perf, pid, env, after, directory, turn_off,
-                                   duration=duration, frequency=frequency, top=top,
-                                   inline=inline, unwinder=unwinder, perf_args=perf_args,
-                                   all_frames=all_frames, keep_tmp=keep_tmp, compress=compress,
-                                   sampling=sampling)
+                                   duration=duration, keep_tmp=keep_tmp, options=options)
     finally:
         session.close()
 
 
 def _record_switched_on(perf: str, pid: int, env: Dict[str, str], after: Files, directory: Path,
-                        turn_off: Callable[[], str], *, duration: float,
-                        frequency: Optional[int], top: int, inline: bool, unwinder: str,
-                        perf_args: List[str], all_frames: bool, keep_tmp: bool, compress: bool = True,
-                        sampling: rec.Sampling = rec.Sampling()) -> int:
+                        turn_off: Callable[[], str], *, duration: float, keep_tmp: bool,
+                        options: rec.RecordOptions) -> int:
     """Records `pid` (perftramp on in it, writing `after`), turns it off, and draws."""
     declared = _MODES.get(env.get("PERFTRAMP_MODE", "jit").strip() or "jit", "jit")
     mode = "jit" if after.dump is not None else "map" if after.map_size is not None else declared
@@ -411,12 +395,13 @@ def _record_switched_on(perf: str, pid: int, env: Dict[str, str], after: Files, 
         say(f"note: {perf_info.text} resolves no frame in perf-map code with dwarf stacks and "
             f"{exe} has no frame pointers: fp stacks, innermost Python frame only "
             f"(PERFTRAMP_MODE=jit gives full stacks)")
-    hz = frequency or rec.DEFAULT_HZ[unwind]
+    hz = options.frequency or rec.DEFAULT_HZ[unwind]
+    sampling, perf_args = options.sampling, list(options.perf_args)
     rec.check_sampling(perf, sampling)
     data = directory / rp.PERF_DATA
     perf_command = [perf, "record", *sampling.perf_args(hz), *rec.CALL_GRAPH[unwind],
                     *rec.ring_buffer_args(unwind, perf_args),
-                    *rec.compress_args(perf, compress, unwind=unwind,
+                    *rec.compress_args(perf, options.compress, unwind=unwind,
                                        inject=mode == "jit" and after.dump is not None,
                                        perf_args=perf_args),
                     *perf_args,
@@ -440,9 +425,8 @@ def _record_switched_on(perf: str, pid: int, env: Dict[str, str], after: Files, 
             raise CliError("interrupted before perf recorded anything", 130)
         raise rec.explain_perf_failure(run.stderr, run.status)
     try:
-        status = rec._draw(perf, directory, mode, top=top, inline=inline, unwinder=unwinder,
-                           status=130 if run.interrupted else 0, command=[str(pid)], pid=pid,
-                           all_frames=all_frames)
+        status = rec.draw(perf, directory, mode, options, status=130 if run.interrupted else 0,
+                          command=[str(pid)], pid=pid)
     finally:
         if after.dump is not None and not keep_tmp:
             _collect_jitted(pid, after.dump.parent, directory / rp.JIT_DIR)

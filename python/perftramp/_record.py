@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import _perf
 from . import _report as rp
@@ -80,6 +80,25 @@ class Sampling:
             period = self.event_period
             return f"{self.event}, " + (f"every {period:,}" if period else f"at {hz} Hz")
         return f"{hz} Hz"
+
+
+@dataclass(frozen=True)
+class RecordOptions:
+    """How `record` samples, reads and draws, whatever it records (a command or a live pid)."""
+
+    #: -F HZ; None: the unwinder's default (DEFAULT_HZ).
+    frequency: Optional[int] = None
+    #: Rows of the table of Python functions.
+    top: int = 15
+    inline: bool = False
+    #: Who reads perf.data: "perftramp" or "perf" (perf script).
+    unwinder: str = "perftramp"
+    #: Passed to perf record as they are (--perf-args).
+    perf_args: Tuple[str, ...] = ()
+    #: Draw every native frame (--native all) rather than the Python view.
+    all_frames: bool = False
+    compress: bool = True
+    sampling: Sampling = Sampling()
 
 
 #: Events sampled every Nth occurrence rather than at a rate: in frequency mode the kernel's
@@ -426,10 +445,8 @@ def run_perf(command: Sequence[str], env: Dict[str, str], *,
     return PerfRun(proc.returncode, text, interrupted[0], "captured and wrote" in text.lower())
 
 
-def record_command(perf: str, command: List[str], *, output: Path, mode: str, frequency: Optional[int],
-                   force: bool, top: int, inline: bool, unwinder: str, perf_args: List[str],
-                   all_frames: bool = False, compress: bool = True,
-                   sampling: Sampling = Sampling()) -> int:
+def record_command(perf: str, command: List[str], *, output: Path, mode: str, force: bool,
+                   options: RecordOptions) -> int:
     if not command:
         raise CliError("record needs a command to run: python -m perftramp record -- python app.py", 2)
     executable = resolve_command(command[0])
@@ -437,9 +454,10 @@ def record_command(perf: str, command: List[str], *, output: Path, mode: str, fr
         raise CliError(f"command not found: {command[0]}", 127)
     python = python_of(executable)
     fp = has_frame_pointers(python) if python else None
+    sampling, perf_args = options.sampling, list(options.perf_args)
     check_sampling(perf, sampling)
     perf_info = _perf.inspect(perf)
-    plan = choose_mode(mode, python, fp, frequency, perf_info.map_dwarf_resolves,
+    plan = choose_mode(mode, python, fp, options.frequency, perf_info.map_dwarf_resolves,
                        off_cpu=sampling.off_cpu)
     directory = prepare_output_dir(output, force)
     env = dict(os.environ)
@@ -456,7 +474,7 @@ def record_command(perf: str, command: List[str], *, output: Path, mode: str, fr
         env.pop("PERFTRAMP_DIR", None)
     data = directory / rp.PERF_DATA
     say(f"{plan.reason}")
-    compression = compress_args(perf, compress, unwind=plan.unwind, inject=plan.mode == "jit",
+    compression = compress_args(perf, options.compress, unwind=plan.unwind, inject=plan.mode == "jit",
                                 perf_args=perf_args)
     perf_command = [perf, "record", *sampling.perf_args(plan.frequency), *CALL_GRAPH[plan.unwind],
                     *ring_buffer_args(plan.unwind, perf_args), *compression, *perf_args,
@@ -479,14 +497,14 @@ def record_command(perf: str, command: List[str], *, output: Path, mode: str, fr
         raise explain_perf_failure(run.stderr, run.status)
     if run.interrupted:
         say("stopped by Ctrl-C: keeping what was recorded")
-    return _draw(perf, directory, plan.mode, top=top, inline=inline, unwinder=unwinder,
-                 status=130 if run.interrupted else run.status, command=command,
-                 all_frames=all_frames)
+    return draw(perf, directory, plan.mode, options, status=130 if run.interrupted else run.status,
+                command=command)
 
 
-def _draw(perf: str, directory: Path, mode: str, *, top: int, inline: bool, unwinder: str,
-          status: int,
-          command: List[str], pid: Optional[int] = None, all_frames: bool = False) -> int:
+def draw(perf: str, directory: Path, mode: str, options: RecordOptions, *, status: int,
+         command: List[str], pid: Optional[int] = None) -> int:
+    """Reads what was just recorded into `directory`, prints the table and draws the views."""
+    inline, unwinder, all_frames = options.inline, options.unwinder, options.all_frames
     failed = status not in (0, 130)
     try:
         meta = rp.read_meta(directory)
@@ -499,7 +517,7 @@ def _draw(perf: str, directory: Path, mode: str, *, top: int, inline: bool, unwi
                 f"the command failed (exit status {status}; its own message is above) before "
                 f"running any code of its own: nothing drawn. The recording is kept in "
                 f"{directory} (python -m perftramp report {directory} draws it anyway)", status)
-        report = rp.finish(perf, directory, rescan=False, python=None, limit=top,
+        report = rp.finish(perf, directory, rescan=False, python=None, limit=options.top,
                            inline=inline, unwinder=unwinder, all_frames=all_frames)
     except KeyboardInterrupt:
         raise CliError(f"interrupted; the recording is kept: python -m perftramp report {directory}",

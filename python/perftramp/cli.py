@@ -186,6 +186,10 @@ def cmd_record(opts: argparse.Namespace, command: List[str]) -> int:
     if opts.period and not opts.event:
         raise CliError("--period applies to -e EVENT (CPU time is sampled at a rate: -F)", 2)
     sampling = _record.Sampling(off_cpu=opts.off_cpu, event=opts.event, period=opts.period)
+    options = _record.RecordOptions(
+        frequency=opts.frequency, top=opts.top, inline=opts.inline, unwinder=opts.unwinder,
+        perf_args=tuple(perf_args), all_frames=opts.native == "all", compress=opts.compress,
+        sampling=sampling)
     if (opts.off_cpu or opts.event) and (opts.inline or opts.unwinder == "perf"):
         raise CliError("--off-cpu and -e need perftramp's reader (it weighs samples and builds "
                        "off-CPU time): drop --inline and --unwinder perf", 2)
@@ -199,21 +203,16 @@ def cmd_record(opts: argparse.Namespace, command: List[str]) -> int:
 
         perf = _report.find_perf()
         return _live.record_pid(perf, opts.pid, duration=opts.duration, output=output,
-                                force=opts.force, frequency=opts.frequency,
-                                requested_signal=opts.signal, top=opts.top, inline=opts.inline,
-                                unwinder=opts.unwinder, perf_args=perf_args, all_frames=opts.native == "all",
-                                keep_tmp=opts.keep_tmp, compress=opts.compress, sampling=sampling)
+                                force=opts.force, requested_signal=opts.signal,
+                                keep_tmp=opts.keep_tmp, options=options)
     if opts.keep_tmp:
         raise CliError("--keep-tmp applies to --pid only (a command's files go to DIR/jit)", 2)
     if not command:
         raise CliError("record needs a command: python -m perftramp record -- python app.py "
                        "(or --pid PID)", 2)
     perf = _report.find_perf()
-    return _record.record_command(perf, command, output=output, mode=opts.mode,
-                                  frequency=opts.frequency, force=opts.force, top=opts.top,
-                                  inline=opts.inline, unwinder=opts.unwinder, perf_args=perf_args,
-                                  all_frames=opts.native == "all", compress=opts.compress,
-                                  sampling=sampling)
+    return _record.record_command(perf, command, output=output, mode=opts.mode, force=opts.force,
+                                  options=options)
 
 
 def cmd_report(opts: argparse.Namespace) -> int:
