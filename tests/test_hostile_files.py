@@ -50,7 +50,10 @@ def fingerprint(p):
     return fp
 
 def plant(kind, path, work):
-    # Plants `kind` at `path`; returns the paths whose fingerprints must not change.
+    # Plants `kind` at `path`; returns the paths whose fingerprints must not change. Whatever is
+    # already there was left by a dead process that had our pid (pids are reused, and other test
+    # runs share /tmp: a jit-mode process leaves its jitdump for perf inject): it goes first.
+    remove(path)
     target = os.path.join(work, 'target')
     with open(target, 'wb') as f:
         f.write(b'precious target bytes\n' * 10)
@@ -379,6 +382,7 @@ for kind in ('symlink', 'foreign'):
         try:
             me = os.getpid()
             a = f'/tmp/.jit-{{me}}.dump.writer'
+            remove(a)  # left by a dead process that had this pid
             if kind == 'symlink':
                 os.symlink(target, a)
             else:
