@@ -133,7 +133,7 @@ def first_call_us(python: str, modes: List[str], work: Path, n: int = 20000,
 def perf_report(perf: str, data: Path) -> None:
     with open(os.devnull, "w") as sink:
         subprocess.run([perf, "report", "-i", str(data), "--stdio", "--children", "--sort",
-                        "symbol", "-g", "none"], stdout=sink, stderr=subprocess.DEVNULL,
+                        "dso,symbol", "-g", "none"], stdout=sink, stderr=subprocess.DEVNULL,
                        env=ENV, check=True)
 
 

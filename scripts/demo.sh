@@ -27,7 +27,7 @@ perf record -q -F 249 --call-graph dwarf,65528 -o perf.data -- \
     "$venv/bin/python" "$root/examples/demo.py" elf 2 "$out" >&2
 echo
 echo "Python functions by share of samples they are on the stack of (total time):"
-perf report -i perf.data --stdio --children --sort symbol -g none 2>/dev/null \
+perf report -i perf.data --stdio --children --sort dso,symbol -g none 2>/dev/null \
     | grep 'py::' | head -n 8
 echo
 echo "One sampled stack (innermost first; Python frames are py::<qualname>:<file>):"

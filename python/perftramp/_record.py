@@ -100,6 +100,16 @@ class RecordOptions:
     compress: bool = True
     sampling: Sampling = Sampling()
 
+    def perf_record_args(self, perf: str, *, hz: int, unwind: str, inject: bool) -> List[str]:
+        """perf record's options, whatever it records: the sampling, the call graph (`unwind`, a
+        key of CALL_GRAPH), the ring buffer, compression (none when the recording goes through
+        perf inject --jit: `inject`), then --perf-args last, so that the user's choice wins."""
+        return [*self.sampling.perf_args(hz), *CALL_GRAPH[unwind],
+                *ring_buffer_args(unwind, self.perf_args),
+                *compress_args(perf, self.compress, unwind=unwind, inject=inject,
+                               perf_args=self.perf_args),
+                *self.perf_args]
+
 
 #: Events sampled every Nth occurrence rather than at a rate: in frequency mode the kernel's
 #: period for bursty software events lags (seen here: one sample of interpreter start-up
@@ -454,7 +464,7 @@ def record_command(perf: str, command: List[str], *, output: Path, mode: str, fo
         raise CliError(f"command not found: {command[0]}", 127)
     python = python_of(executable)
     fp = has_frame_pointers(python) if python else None
-    sampling, perf_args = options.sampling, list(options.perf_args)
+    sampling = options.sampling
     check_sampling(perf, sampling)
     perf_info = _perf.inspect(perf)
     plan = choose_mode(mode, python, fp, options.frequency, perf_info.map_dwarf_resolves,
@@ -474,10 +484,9 @@ def record_command(perf: str, command: List[str], *, output: Path, mode: str, fo
         env.pop("PERFTRAMP_DIR", None)
     data = directory / rp.PERF_DATA
     say(f"{plan.reason}")
-    compression = compress_args(perf, options.compress, unwind=plan.unwind, inject=plan.mode == "jit",
-                                perf_args=perf_args)
-    perf_command = [perf, "record", *sampling.perf_args(plan.frequency), *CALL_GRAPH[plan.unwind],
-                    *ring_buffer_args(plan.unwind, perf_args), *compression, *perf_args,
+    perf_command = [perf, "record",
+                    *options.perf_record_args(perf, hz=plan.frequency, unwind=plan.unwind,
+                                              inject=plan.mode == "jit"),
                     "-o", str(data), "--", *command]
     say(f"running: PERFTRAMP={plan.mode}"
         + (f" PERFTRAMP_DIR={env['PERFTRAMP_DIR']}" if plan.mode in ("jit", "elf") else "")
@@ -539,7 +548,7 @@ def draw(perf: str, directory: Path, mode: str, options: RecordOptions, *, statu
     svg = directory / (rp.ALL_FRAMES_SVG if all_frames else rp.SVG)
     say(f"open {svg} in a browser (click to zoom, Ctrl-F to search); "
         f"export: python -m perftramp report {directory} --format pprof|speedscope|gecko; "
-        f"more: perf report -i {data} --children --sort symbol")
+        f"more: perf report -i {data} --children --sort dso,symbol")
     if failed:
         say(f"the command exited with status {status}")
     return status
