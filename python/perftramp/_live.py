@@ -396,15 +396,12 @@ def _record_switched_on(perf: str, pid: int, env: Dict[str, str], after: Files, 
             f"{exe} has no frame pointers: fp stacks, innermost Python frame only "
             f"(PERFTRAMP_MODE=jit gives full stacks)")
     hz = options.frequency or rec.DEFAULT_HZ[unwind]
-    sampling, perf_args = options.sampling, list(options.perf_args)
+    sampling = options.sampling
     rec.check_sampling(perf, sampling)
     data = directory / rp.PERF_DATA
-    perf_command = [perf, "record", *sampling.perf_args(hz), *rec.CALL_GRAPH[unwind],
-                    *rec.ring_buffer_args(unwind, perf_args),
-                    *rec.compress_args(perf, options.compress, unwind=unwind,
-                                       inject=mode == "jit" and after.dump is not None,
-                                       perf_args=perf_args),
-                    *perf_args,
+    perf_command = [perf, "record",
+                    *options.perf_record_args(perf, hz=hz, unwind=unwind,
+                                              inject=mode == "jit" and after.dump is not None),
                     "-p", str(pid), "-o", str(data)]
     rp.write_meta(directory, {
         "command": [f"pid {pid}:", *cmdline(pid)],
