@@ -38,8 +38,10 @@ def header(perf: str, data: Path) -> str:
 
 def perf_report_symbols(perf: str, data: Path) -> str:
     """`perf report` of a recording, by symbol (what the end-of-record hint tells people to run)."""
-    proc = subprocess.run([perf, "report", "--stdio", "--children", "--sort", "dso,symbol", "-g",
-                           "none", "-i", str(data)], capture_output=True, text=True,
+    from perftramp._record import PERF_REPORT_ARGS
+
+    proc = subprocess.run([perf, "report", "--stdio", *PERF_REPORT_ARGS, "-g", "none", "-i",
+                           str(data)], capture_output=True, text=True,
                           env=dict(os.environ, **PERF_ENV), timeout=300)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout

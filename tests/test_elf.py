@@ -61,16 +61,19 @@ def test_full_python_stacks_from_perf_alone(perf, workload, tmp_path):
 
 @pytest.mark.perf
 def test_perf_report_children_shows_the_python_callers(perf, workload, tmp_path):
-    """`perf report --children --sort dso,symbol`, as perftramp's hint and docs say: each Python
-    function once, in its arena image, with its callers' share. (`--sort symbol` alone can list a
-    function twice when many entries have no symbol, as on stripped 3.14: perf's order between
-    entries with and without a symbol is not consistent. See docs/limitations.md.)"""
+    """`perf report --children --sort dso,symbol` (PERF_REPORT_ARGS), as perftramp's hint and
+    docs say: each Python function once, in its arena image, with its callers' share.
+    (`--sort symbol` alone can list a function twice when many entries have no symbol, as on
+    stripped 3.14: perf's order between entries with and without a symbol is not consistent.
+    See docs/limitations.md.)"""
+    from perftramp._record import PERF_REPORT_ARGS
+
     data = tmp_path / "perf.data"
     perf_record(perf, data, [sys.executable, str(workload), "elf", "1.0", str(tmp_path)],
                 call_graph=DWARF)
     env = dict(os.environ, **PERF_ENV)
-    report = subprocess.run([perf, "report", "-i", str(data), "--children", "--sort", "dso,symbol",
-                             "--stdio", "-g", "none"], capture_output=True, text=True, env=env)
+    report = subprocess.run([perf, "report", "-i", str(data), *PERF_REPORT_ARGS, "--stdio", "-g",
+                             "none"], capture_output=True, text=True, env=env)
     assert report.returncode == 0, report.stderr
     rows = []
     for line in report.stdout.splitlines():

@@ -43,6 +43,11 @@ CALL_GRAPH = {
     "elf": ["--call-graph", "dwarf,65528"],
 }
 
+#: The `perf report` the hint after a recording suggests (and the tests run): the library
+#: before the symbol, because `--sort symbol` alone can list one function twice when many
+#: entries have no symbol, as on a stripped interpreter (docs/limitations.md).
+PERF_REPORT_ARGS = ("--children", "--sort", "dso,symbol")
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -548,7 +553,7 @@ def draw(perf: str, directory: Path, mode: str, options: RecordOptions, *, statu
     svg = directory / (rp.ALL_FRAMES_SVG if all_frames else rp.SVG)
     say(f"open {svg} in a browser (click to zoom, Ctrl-F to search); "
         f"export: python -m perftramp report {directory} --format pprof|speedscope|gecko; "
-        f"more: perf report -i {data} --children --sort dso,symbol")
+        f"more: perf report -i {data} {' '.join(PERF_REPORT_ARGS)}")
     if failed:
         say(f"the command exited with status {status}")
     return status
